@@ -1,0 +1,204 @@
+"""Train the bundled reference model (run once; its weights are committed).
+
+A 4-layer, 256-wide LlamaForCausalLM with GQA (8 query heads, 2 key/value heads)
+and *untied* input/output embeddings, trained from scratch on the synthhazard
+corpora and on MCQ prompts in the evaluation format. Entity names are several
+tokens long (see generate.py), so each fact has to be composed in the decoder
+layers that quantizers and unlearning methods touch.
+
+Data mix per batch: the benchmark's MCQ items as they are evaluated (loss on the
+answer letter only), the same facts with freshly shuffled choices and distractors
+(so the letter is found from the fact, not memorised per prompt), and corpus
+sentences (loss on every token). Every sequence starts with BOS, as the tokenizer
+adds it.
+
+The script logs fp32 and bitsandbytes-NF4 accuracies of forget_eval and
+retain_eval and refuses to save a model below 0.90 fp32 / 0.85 NF4.
+
+    python benchmarks_data/reference-model/train.py            # ~20 min on 2 CPU cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+HERE = Path(__file__).resolve().parent
+BUNDLE = HERE.parent / "synthhazard"
+LETTERS = "ABCD"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prompt(question: str, choices: list[str]) -> str:
+    return question + "\n" + "\n".join(f"{l}. {c}" for l, c in zip(LETTERS, choices)) + "\nAnswer:"
+
+
+def make_config(vocab_size: int, bos: int, eos: int, pad: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, attention_bias=False, mlp_bias=False,
+    )
+
+
+class Batcher:
+    """Builds padded (input_ids, labels) batches; labels = -100 where no loss."""
+
+    def __init__(self, tok, rng: random.Random):
+        self.tok, self.rng = tok, rng
+        self.mcq = [i for s in ("forget_eval", "forget_attr", "retain_eval") for i in read_jsonl(BUNDLE / f"{s}.jsonl")]
+        self.corpus = [r["text"] for s in ("forget_corpus", "retain_corpus") for r in read_jsonl(BUNDLE / f"{s}.jsonl")]
+        self.letter_ids = [tok.convert_tokens_to_ids("Ġ" + l) for l in LETTERS]
+        # value pools per attribute, for shuffled-distractor variants
+        self.pools: dict[str, set[str]] = {}
+        for it in self.mcq:
+            self.pools.setdefault(it["attribute"], set()).update(it["choices"])
+        self.pools = {k: sorted(v) for k, v in self.pools.items()}
+
+    def mcq_seq(self, item: dict, shuffle: bool) -> tuple[list[int], list[int]]:
+        choices, answer = item["choices"], item["answer"]
+        if shuffle:
+            correct = choices[answer]
+            others = self.rng.sample([v for v in self.pools[item["attribute"]] if v != correct], 3)
+            answer = self.rng.randrange(4)
+            choices = others[:answer] + [correct] + others[answer:]
+        ids = self.tok(prompt(item["question"], choices)).input_ids + [self.letter_ids[answer]]
+        return ids, [-100] * (len(ids) - 1) + [ids[-1]]
+
+    def corpus_seq(self, text: str) -> tuple[list[int], list[int]]:
+        ids = self.tok(text).input_ids + [self.tok.eos_token_id]
+        return ids, [-100] + ids[1:]
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        seqs = []
+        for _ in range(size):
+            r = self.rng.random()
+            if r < 0.45:
+                seqs.append(self.mcq_seq(self.rng.choice(self.mcq), shuffle=False))
+            elif r < 0.75:
+                seqs.append(self.mcq_seq(self.rng.choice(self.mcq), shuffle=True))
+            else:
+                seqs.append(self.corpus_seq(self.rng.choice(self.corpus)))
+        width = max(len(s[0]) for s in seqs)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([s[0] + [pad] * (width - len(s[0])) for s in seqs])
+        labels = torch.tensor([s[1] + [-100] * (width - len(s[1])) for s in seqs])
+        mask = torch.tensor([[1] * len(s[0]) + [0] * (width - len(s[0])) for s in seqs])
+        return ids, labels, mask
+
+
+@torch.no_grad()
+def accuracy(model, tok, items: list[dict], letter_ids: list[int], batch: int = 128) -> float:
+    """Right-padded batch; logits at each item's last prompt token."""
+    correct = 0
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        enc = [tok(prompt(it["question"], it["choices"])).input_ids for it in chunk]
+        width = max(map(len, enc))
+        ids = torch.tensor([e + [tok.pad_token_id] * (width - len(e)) for e in enc])
+        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc])
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        last = torch.tensor([len(e) - 1 for e in enc])
+        pred = logits[torch.arange(len(chunk)), last][:, letter_ids].argmax(-1)
+        correct += sum(int(p) == it["answer"] for p, it in zip(pred.tolist(), chunk))
+    return correct / len(items)
+
+
+def bnb_nf4_copy(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """A copy whose decoder Linear weights went through bitsandbytes NF4 (blocksize 64)."""
+    import copy
+
+    import bitsandbytes.functional as bnbf
+
+    q = copy.deepcopy(model)
+    for name, mod in q.model.layers.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            w = mod.weight.data
+            packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+            mod.weight.data = bnbf.dequantize_4bit(packed, state).to(w.dtype)
+    return q
+
+
+def evaluate_all(model, tok, letter_ids) -> dict[str, float]:
+    out = {}
+    for split in ("forget_eval", "retain_eval", "forget_attr"):
+        items = read_jsonl(BUNDLE / f"{split}.jsonl")
+        out[split] = accuracy(model, tok, items, letter_ids)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="train the bundled reference model")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--target", type=float, default=0.985, help="stop when fp32 forget/retain both reach this")
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    tok = AutoTokenizer.from_pretrained(str(HERE))
+    cfg = make_config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
+    data = Batcher(tok, rng)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+    warmup = 200
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        model.train()
+        ids, labels, mask = data.batch(args.batch)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} {time.time() - start:.0f}s", flush=True)
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            acc = evaluate_all(model, tok, data.letter_ids)
+            print(f"step {step} fp32 accuracy {acc}", flush=True)
+            if min(acc["forget_eval"], acc["retain_eval"]) >= args.target:
+                break
+    model.eval()
+    fp32 = evaluate_all(model, tok, data.letter_ids)
+    nf4 = evaluate_all(bnb_nf4_copy(model), tok, data.letter_ids)
+    print(f"final fp32 accuracy: {fp32}")
+    print(f"final bitsandbytes NF4 accuracy: {nf4}")
+    print(f"trained {step} steps in {time.time() - start:.0f}s")
+    if min(fp32["forget_eval"], fp32["retain_eval"]) < 0.90 or min(nf4["forget_eval"], nf4["retain_eval"]) < 0.85:
+        print("quality target missed (fp32 >= 0.90, NF4 >= 0.85): not saving", file=sys.stderr)
+        return 1
+    model.save_pretrained(str(args.out), safe_serialization=True)
+    tok.save_pretrained(str(args.out))
+    (args.out / "training_log.json").write_text(json.dumps(
+        {"steps": step, "seed": args.seed, "lr": args.lr, "batch": args.batch, "seconds": round(time.time() - start),
+         "fp32": fp32, "bnb_nf4": nf4}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

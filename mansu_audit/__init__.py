@@ -1,0 +1,16 @@
+"""mansu-audit: certify that LLM unlearning survives quantization.
+
+Pipeline: data -> model loading -> (unlearning method) -> quantizers -> evaluation
+-> statistics -> certificate -> report. Each stage is a module with plain functions
+over dataclasses; `mansu_audit.api` strings them together and the CLI is a thin
+layer over it.
+"""
+from mansu_audit.api import Evaluation, evaluate
+from mansu_audit.data import Bundle, MCQItem, load_bundle
+from mansu_audit.evaluate import MCQResult, evaluate_mcq
+from mansu_audit.models import LoadedModel, load_model
+
+__version__ = "0.1.0"
+
+__all__ = ["Bundle", "Evaluation", "LoadedModel", "MCQItem", "MCQResult", "evaluate", "evaluate_mcq",
+           "load_bundle", "load_model", "__version__"]

@@ -1,0 +1,46 @@
+"""`mansu-audit evaluate`: accuracy per MCQ split (and per quantizer) with bootstrap CIs."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mansu_audit.api import evaluate
+from mansu_audit.commands._common import add_model_args, parse_list
+from mansu_audit.stats import DEFAULT_B
+
+NAME = "evaluate"
+HELP = "evaluate a model's MCQ accuracy per split (and per quantizer) with 95% bootstrap CIs"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="'reference' or a local Hugging Face causal-LM folder")
+    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--quantizers", default="", help="comma list, e.g. nf4,gptq,int8 (fp32 is always included)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_model_args(p)
+
+
+def format_table(result) -> str:
+    rows = [f"{'quantizer':<14}{'split':<14}{'n':>6}{'accuracy':>10}   95% CI"]
+    for q, splits in result.scores.items():
+        for s, sc in splits.items():
+            rows.append(f"{q:<14}{s:<14}{sc.result.n:>6}{sc.accuracy.point:>10.3f}   "
+                        f"[{sc.accuracy.low:.3f}, {sc.accuracy.high:.3f}]")
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mansu_audit.api import as_loaded
+
+    model = as_loaded(args.model, allow_pickle=args.allow_pickle)
+    result = evaluate(model, args.benchmark, quantizers=parse_list(args.quantizers), B=args.bootstrap,
+                      seed=args.seed, batch_size=args.batch_size, progress=not args.json)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"model {result.model} on {result.benchmark} (chance {result.chance:.2f})")
+        print(format_table(result))
+    return 0

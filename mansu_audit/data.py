@@ -1,0 +1,205 @@
+"""Benchmark bundles (SPEC §5): loading and validation.
+
+A bundle is a folder with `manifest.json` naming its splits. MCQ splits hold
+`{"id", "question", "choices", "answer", "subject"?}` objects, one per line
+(extra keys are kept in `MCQItem.extra`, e.g. `corrupt` on `forget_attr`);
+corpus splits hold `{"id", "text"}`. Every problem is reported as one
+`InputError` naming the file and line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mansu_audit.errors import InputError
+
+MCQ_SPLITS = ("forget_eval", "retain_eval", "forget_attr")
+CORPUS_SPLITS = ("forget_corpus", "retain_corpus")
+REQUIRED_SPLITS = ("forget_eval", "retain_eval")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_DATA = REPO_ROOT / "benchmarks_data"
+BUNDLED_BENCHMARKS = {"synthhazard": BUNDLED_DATA / "synthhazard"}
+
+
+@dataclass(frozen=True)
+class MCQItem:
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    subject: str | None = None
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def corrupt(self) -> str | None:
+        """Corrupted question (key entity swapped) for circuit attribution, if any."""
+        return self.extra.get("corrupt")
+
+
+@dataclass(frozen=True)
+class CorpusItem:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded benchmark. `files` maps split name to its file (for hashing)."""
+
+    name: str
+    root: Path
+    mcq: dict[str, tuple[MCQItem, ...]]
+    corpus: dict[str, tuple[CorpusItem, ...]]
+    files: dict[str, Path]
+    manifest: dict
+
+    def split(self, name: str) -> tuple[MCQItem, ...]:
+        if name not in self.mcq:
+            raise InputError(f"benchmark has no MCQ split '{name}'", self.root / "manifest.json")
+        return self.mcq[name]
+
+    def texts(self, name: str) -> list[str]:
+        if name not in self.corpus:
+            raise InputError(f"benchmark has no corpus split '{name}'", self.root / "manifest.json")
+        return [c.text for c in self.corpus[name]]
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.mcq["forget_eval"][0].choices)
+
+    def file_hashes(self) -> dict[str, str]:
+        """SHA-256 of the manifest and every split file, by path relative to the bundle."""
+        paths = [self.root / "manifest.json", *self.files.values()]
+        return {str(p.relative_to(self.root)): sha256_file(p) for p in sorted(set(paths))}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_benchmark(name_or_path: str | Path) -> Path:
+    """A bundled benchmark name ("synthhazard") or a bundle folder."""
+    if str(name_or_path) in BUNDLED_BENCHMARKS:
+        return BUNDLED_BENCHMARKS[str(name_or_path)]
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise InputError("no such benchmark (not a bundled name and not a folder)", path)
+    return path
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise InputError("split file not found", path)
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"bad JSON: {exc.msg} (column {exc.colno})", path, lineno) from None
+            if not isinstance(obj, dict):
+                raise InputError("expected a JSON object", path, lineno)
+            rows.append((lineno, obj))
+    if not rows:
+        raise InputError("split is empty", path)
+    return rows
+
+
+def _check_keys(obj: dict, keys: dict[str, type], path: Path, lineno: int) -> None:
+    for key, typ in keys.items():
+        if key not in obj:
+            raise InputError(f"missing key '{key}'", path, lineno)
+        if not isinstance(obj[key], typ) or isinstance(obj[key], bool):
+            raise InputError(f"key '{key}' must be {typ.__name__}, got {type(obj[key]).__name__}", path, lineno)
+
+
+def parse_mcq(path: Path) -> tuple[MCQItem, ...]:
+    items, seen = [], {}
+    for lineno, obj in _read_jsonl(path):
+        _check_keys(obj, {"id": str, "question": str, "choices": list, "answer": int}, path, lineno)
+        choices = obj["choices"]
+        if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise InputError("'choices' must be a list of at least two strings", path, lineno)
+        if not 0 <= obj["answer"] < len(choices):
+            raise InputError(f"answer {obj['answer']} out of range for {len(choices)} choices", path, lineno)
+        if obj["id"] in seen:
+            raise InputError(f"duplicate id '{obj['id']}' (first on line {seen[obj['id']]})", path, lineno)
+        seen[obj["id"]] = lineno
+        subject = obj.get("subject")
+        if subject is not None and not isinstance(subject, str):
+            raise InputError("'subject' must be a string", path, lineno)
+        extra = {k: v for k, v in obj.items() if k not in ("id", "question", "choices", "answer", "subject")}
+        items.append(MCQItem(obj["id"], obj["question"], tuple(choices), obj["answer"], subject, extra))
+    return tuple(items)
+
+
+def parse_corpus(path: Path) -> tuple[CorpusItem, ...]:
+    items, seen = [], {}
+    for lineno, obj in _read_jsonl(path):
+        _check_keys(obj, {"id": str, "text": str}, path, lineno)
+        if obj["id"] in seen:
+            raise InputError(f"duplicate id '{obj['id']}' (first on line {seen[obj['id']]})", path, lineno)
+        seen[obj["id"]] = lineno
+        items.append(CorpusItem(obj["id"], obj["text"]))
+    return tuple(items)
+
+
+def load_bundle(name_or_path: str | Path) -> Bundle:
+    """Load and validate a bundle; raises `InputError` naming the file and line."""
+    root = resolve_benchmark(name_or_path)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError("benchmark folder has no manifest.json", root)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"bad JSON: {exc.msg}", manifest_path, exc.lineno) from None
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict):
+        raise InputError("manifest needs a 'splits' object", manifest_path)
+    for required in REQUIRED_SPLITS:
+        if required not in splits:
+            raise InputError(f"manifest names no '{required}' split", manifest_path)
+
+    mcq: dict[str, tuple[MCQItem, ...]] = {}
+    corpus: dict[str, tuple[CorpusItem, ...]] = {}
+    files: dict[str, Path] = {}
+    for name, spec in splits.items():
+        rel = spec.get("path") if isinstance(spec, dict) else spec
+        if not isinstance(rel, str):
+            raise InputError(f"split '{name}' needs a 'path'", manifest_path)
+        path = (root / rel).resolve()
+        if root.resolve() not in path.parents:
+            raise InputError(f"split '{name}' points outside the bundle", manifest_path)
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        kind = kind or ("corpus" if name in CORPUS_SPLITS else "mcq")
+        files[name] = path
+        if kind == "corpus":
+            corpus[name] = parse_corpus(path)
+        elif kind == "mcq":
+            mcq[name] = parse_mcq(path)
+        else:
+            raise InputError(f"split '{name}' has unknown kind '{kind}'", manifest_path)
+
+    _check_disjoint(mcq, files)
+    return Bundle(str(manifest.get("name", root.name)), root, mcq, corpus, files, manifest)
+
+
+def _check_disjoint(mcq: dict[str, tuple[MCQItem, ...]], files: dict[str, Path]) -> None:
+    """Items used for attribution must not be evaluated, or CAD and F would share data."""
+    names = [n for n in MCQ_SPLITS if n in mcq]
+    for i, a in enumerate(names):
+        ids_a = {it.id for it in mcq[a]}
+        for b in names[i + 1:]:
+            for lineno, it in enumerate(mcq[b], start=1):
+                if it.id in ids_a:
+                    raise InputError(f"id '{it.id}' also appears in split '{a}' (splits must not overlap)",
+                                     files[b], lineno)

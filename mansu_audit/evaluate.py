@@ -1,0 +1,167 @@
+"""MCQ evaluation: one forward pass per item, per-item vectors out (SPEC §5).
+
+For each item the context is the lm-eval prompt and the continuations are " A",
+" B", ... When every continuation is one token appended to the context's tokens
+(true for the reference tokenizer and for Llama/Qwen/Mistral/GPT-2 BPE), one
+forward pass of the context gives all letters' log-likelihoods at its last
+position. Otherwise the item falls back to lm-eval's scheme: one sequence per
+choice, summing the continuation tokens' log-probabilities. Predictions equal
+lm-eval's `multiple_choice` `acc` (argmax, first index on ties).
+
+Batches are right-padded (positions of real tokens unchanged, causal attention
+never sees padding) and sorted by length to waste little compute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mansu_audit.data import MCQItem
+from mansu_audit.prompts import continuations, item_prompt
+
+
+@dataclass(frozen=True)
+class MCQResult:
+    """Per-item results of one model on one split, aligned with `ids`."""
+
+    split: str
+    ids: tuple[str, ...]
+    answers: np.ndarray  # int64 [n]
+    predictions: np.ndarray  # int64 [n]
+    logprobs: np.ndarray  # float64 [n, k]: log-likelihood of each choice's continuation
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predictions == self.answers
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def margin(self) -> np.ndarray:
+        """log p(answer) − max log p(other): > 0 when correct; how far from flipping."""
+        lp = self.logprobs.copy()
+        rows = np.arange(len(lp))
+        right = lp[rows, self.answers].copy()
+        lp[rows, self.answers] = -np.inf
+        return right - lp.max(axis=1)
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, "ids": list(self.ids), "answers": self.answers.tolist(),
+                "predictions": self.predictions.tolist(), "logprobs": self.logprobs.round(6).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MCQResult":
+        return cls(d["split"], tuple(d["ids"]), np.asarray(d["answers"], dtype=np.int64),
+                   np.asarray(d["predictions"], dtype=np.int64), np.asarray(d["logprobs"], dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One sequence to run and, per choice, the (position, token) pairs to score in it."""
+
+    item: int
+    tokens: list[int]
+    scored: list[tuple[int, list[tuple[int, int]]]]  # (choice, [(position, token), ...])
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text).input_ids
+
+
+def build_requests(tokenizer, prompts: Sequence[str], num_choices: Sequence[int]) -> list[_Request]:
+    """Tokenise as lm-eval's `_encode_pair` does: encode context+continuation whole, split off
+    the context's length. Single-token continuations share one sequence per item."""
+    requests: list[_Request] = []
+    contexts = tokenizer(list(prompts)).input_ids
+    for i, (prompt, ctx) in enumerate(zip(prompts, contexts)):
+        wholes = tokenizer([prompt + c for c in continuations(num_choices[i])]).input_ids
+        if all(len(w) == len(ctx) + 1 and w[:len(ctx)] == ctx for w in wholes):
+            requests.append(_Request(i, list(ctx), [(c, [(len(ctx) - 1, w[-1])]) for c, w in enumerate(wholes)]))
+            continue
+        for c, whole in enumerate(wholes):
+            cont = whole[len(ctx):]
+            start = len(whole) - len(cont)
+            scored = [(start - 1 + j, t) for j, t in enumerate(cont)]
+            requests.append(_Request(i, list(whole[:-1]), [(c, scored)]))
+    return requests
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+@torch.no_grad()
+def score_requests(model: torch.nn.Module, requests: list[_Request], pad_id: int, batch_size: int,
+                   n_items: int, max_choices: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Run every request once; returns float64 log-likelihoods [n_items, max_choices] (-inf unused)."""
+    device = next(model.parameters()).device
+    out = np.full((n_items, max_choices), -np.inf, dtype=np.float64)
+    order = sorted(range(len(requests)), key=lambda r: -len(requests[r].tokens))
+    for start in range(0, len(order), batch_size):
+        batch = [requests[r] for r in order[start:start + batch_size]]
+        width = max(len(r.tokens) for r in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, r in enumerate(batch):
+            ids[b, :len(r.tokens)] = torch.tensor(r.tokens)
+            mask[b, :len(r.tokens)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        rows, pos, tok, dest_item, dest_choice = [], [], [], [], []
+        for b, r in enumerate(batch):
+            for choice, pairs in r.scored:
+                for p, t in pairs:
+                    rows.append(b), pos.append(p), tok.append(t), dest_item.append(r.item), dest_choice.append(choice)
+        picked = logits[torch.tensor(rows), torch.tensor(pos)].float().log_softmax(-1)
+        values = picked[torch.arange(len(tok)), torch.tensor(tok)].double().cpu().numpy()
+        scores: dict[tuple[int, int], float] = {}
+        for v, i, c in zip(values, dest_item, dest_choice):
+            scores[(i, c)] = scores.get((i, c), 0.0) + float(v)
+        for (i, c), v in scores.items():
+            out[i, c] = v
+        if progress:
+            progress(len(batch))
+    return out
+
+
+def evaluate_mcq(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *, split: str = "",
+                 batch_size: int = 64, subject_line: bool = False,
+                 prompt_fn: Callable[[str], str] | None = None, progress: bool = False) -> MCQResult:
+    """Accuracy of `model` on `items`, with per-item predictions and choice log-likelihoods.
+
+    `prompt_fn` post-processes each prompt (chat templates); `subject_line` adds
+    lm-eval's MMLU header when items carry a subject.
+    """
+    prompts = [item_prompt(it, subject_line=subject_line) for it in items]
+    if prompt_fn is not None:
+        prompts = [prompt_fn(p) for p in prompts]
+    k = [len(it.choices) for it in items]
+    requests = build_requests(tokenizer, prompts, k)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(requests), desc=f"evaluate {split}".strip(), unit="seq", leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        lls = score_requests(model, requests, _pad_id(tokenizer), batch_size, len(items), max(k),
+                             bar.update if bar else None)
+    finally:
+        model.train(was_training)
+        if bar:
+            bar.close()
+    predictions = lls.argmax(axis=1)  # first index on ties, as numpy/lm-eval
+    answers = np.array([it.answer for it in items], dtype=np.int64)
+    return MCQResult(split, tuple(it.id for it in items), answers, predictions.astype(np.int64), lls)
