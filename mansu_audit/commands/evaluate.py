@@ -34,9 +34,11 @@ def format_table(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from mansu_audit.api import as_loaded
+    from mansu_audit.data import load_bundle
 
+    bundle = load_bundle(args.benchmark)  # cheap checks first: a bad file fails before the model loads
     model = as_loaded(args.model, allow_pickle=args.allow_pickle)
-    result = evaluate(model, args.benchmark, quantizers=parse_list(args.quantizers), B=args.bootstrap,
+    result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,
                       seed=args.seed, batch_size=args.batch_size, progress=not args.json)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
