@@ -6,11 +6,13 @@ over dataclasses; `mansu_audit.api` strings them together and the CLI is a thin
 layer over it.
 """
 from mansu_audit.api import Evaluation, evaluate
+from mansu_audit.certificate import Certificate, read_certificate
+from mansu_audit.certify import certify
 from mansu_audit.data import Bundle, MCQItem, load_bundle
 from mansu_audit.evaluate import MCQResult, evaluate_mcq
 from mansu_audit.models import LoadedModel, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["Bundle", "Evaluation", "LoadedModel", "MCQItem", "MCQResult", "evaluate", "evaluate_mcq",
+__all__ = ["Bundle", "Certificate", "certify", "read_certificate", "Evaluation", "LoadedModel", "MCQItem", "MCQResult", "evaluate", "evaluate_mcq",
            "load_bundle", "load_model", "__version__"]

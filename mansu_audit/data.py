@@ -71,8 +71,9 @@ class Bundle:
 
     def file_hashes(self) -> dict[str, str]:
         """SHA-256 of the manifest and every split file, by path relative to the bundle."""
-        paths = [self.root / "manifest.json", *self.files.values()]
-        return {str(p.relative_to(self.root)): sha256_file(p) for p in sorted(set(paths))}
+        root = Path(self.root).resolve()  # split paths are resolved; a relative root must be too
+        paths = [root / "manifest.json", *(Path(p).resolve() for p in self.files.values())]
+        return {str(p.relative_to(root)): sha256_file(p) for p in sorted(set(paths))}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

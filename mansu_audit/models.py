@@ -95,10 +95,20 @@ def check_finite(model: torch.nn.Module, where: Path | str) -> None:
 
 
 def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               allow_pickle: bool = False) -> LoadedModel:
-    """Load a local causal LM and its tokenizer, refusing anything unsafe or malformed."""
+               allow_pickle: bool = False, adapter_base: str | Path | None = None) -> LoadedModel:
+    """Load a local causal LM and its tokenizer, refusing anything unsafe or malformed.
+
+    Hub ids, LoRA adapter folders (merged over `adapter_base` or the base they
+    name), `.gguf` files and `device="auto"` / `dtype="auto"` go through
+    `mansu_audit.loaders.load_any`, under the same safety rules.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from mansu_audit import loaders
+
+    if loaders.needs_loader(spec, device, dtype, adapter_base):
+        return loaders.load_any(spec, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                                adapter_base=adapter_base)
     path = resolve_model_path(spec)
     _check_folder(path, allow_pickle)
     try:

@@ -67,7 +67,7 @@ def test_non_causal_config_and_remote_code(tiny_dir):
     cfg_path.write_text(json.dumps({**cfg, "auto_map": {"AutoModelForCausalLM": "evil.Model"}}))
     with pytest.raises(InputError, match="remote code"):
         load_model(tiny_dir)
-    cfg_path.write_text(json.dumps({"model_type": "bert", "vocab_size": 1024}))
+    cfg_path.write_text(json.dumps({"model_type": "t5", "vocab_size": 1024}))
     with pytest.raises(InputError, match="not a causal language model"):
         load_model(tiny_dir)
 

@@ -1,0 +1,66 @@
+"""`mansu-audit convert`: build a benchmark bundle from WMDP, MMLU or any MCQ table (SPEC §5)."""
+from __future__ import annotations
+
+import argparse
+
+from mansu_audit.commands._common import parse_list
+from mansu_audit.convert import DEFAULT_ATTR_FRACTION, ConvertOptions, convert_generic, convert_mmlu, convert_wmdp
+from mansu_audit.data import load_bundle
+
+NAME = "convert"
+HELP = ("build a benchmark bundle from WMDP, MMLU or a JSONL/parquet/datasets table "
+        "(forget_eval/forget_attr split, MMLU retain, corpora)")
+FORMATS = ("wmdp", "mmlu", "jsonl", "parquet", "hf")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("format", choices=FORMATS, help="what --source holds")
+    p.add_argument("--source", required=True,
+                   help="a .parquet/.jsonl/.json file, a folder (hub layout or datasets.save_to_disk), or a hub id")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--config", default=None, help="dataset config (wmdp: wmdp-bio|wmdp-chem|wmdp-cyber)")
+    p.add_argument("--split", default="test", help="source split (default %(default)s)")
+    p.add_argument("--map", default=None,
+                   help="column mapping question=COL,choices=COL|COL1|COL2..,answer=COL[,subject=COL][,id=COL]")
+    p.add_argument("--subject", default=None, help="subject line for every forget item (generic formats)")
+    p.add_argument("--forget-subjects", default="", help="mmlu: comma list of forget subjects")
+    p.add_argument("--retain-source", default=None, help="MMLU-layout retain benchmark (file, folder or cais/mmlu)")
+    p.add_argument("--retain-config", default="all")
+    p.add_argument("--retain-split", default="test")
+    p.add_argument("--retain-subjects", default="", help="comma list (default: all)")
+    p.add_argument("--retain-map", default=None, help="column mapping of the retain source (as --map)")
+    p.add_argument("--retain-max", type=int, default=None, help="seeded subsample of the retain items")
+    p.add_argument("--forget-corpus", default=None, help="JSONL/parquet with a text column (e.g. WMDP corpora)")
+    p.add_argument("--retain-corpus", default=None, help="JSONL/parquet with a text column")
+    p.add_argument("--corpus-field", default="text")
+    p.add_argument("--corpus-max-docs", type=int, default=None)
+    p.add_argument("--attr-fraction", type=float, default=DEFAULT_ATTR_FRACTION,
+                   help="share of forget items held out for attribution (forget_attr; default %(default)s)")
+    p.add_argument("--attr-max", type=int, default=None, help="cap on forget_attr items")
+    p.add_argument("--seed", type=int, default=0, help="seed of the forget_eval/forget_attr split")
+    p.add_argument("--tokenizer", default=None,
+                   help="model whose tokenizer length-matches the neutral corrupt stems (folder, .gguf, 'reference')")
+    p.add_argument("--name", default=None, help="bundle name (default: from the source)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = ConvertOptions(
+        map_spec=args.map, retain_source=args.retain_source, retain_config=args.retain_config,
+        retain_split=args.retain_split, retain_subjects=parse_list(args.retain_subjects) or None,
+        retain_map=args.retain_map, retain_max=args.retain_max, forget_corpus=args.forget_corpus,
+        retain_corpus=args.retain_corpus, corpus_field=args.corpus_field, corpus_max_docs=args.corpus_max_docs,
+        attr_fraction=args.attr_fraction, attr_max=args.attr_max, seed=args.seed, tokenizer=args.tokenizer,
+        name=args.name, overwrite=args.force)
+    if args.format == "wmdp":
+        out = convert_wmdp(args.source, args.config or "wmdp-bio", args.out, options)
+    elif args.format == "mmlu":
+        out = convert_mmlu(args.source, parse_list(args.forget_subjects), args.out, options,
+                           config=args.config or "all", split=args.split)
+    else:
+        out = convert_generic(args.source, args.out, options, config=args.config, split=args.split,
+                              subject=args.subject)
+    bundle = load_bundle(out)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in {**bundle.mcq, **bundle.corpus}.items())
+    print(f"wrote {out} ({bundle.name}): {sizes}")
+    return 0

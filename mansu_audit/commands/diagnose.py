@@ -1,0 +1,53 @@
+"""`mansu-audit diagnose`: weight-space permanence of an update under each quantizer (no data needed)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mansu_audit.commands._common import add_model_args, parse_list
+
+NAME = "diagnose"
+HELP = "per-quantizer weight diagnostics of candidate vs base: RMS(delta)/bin width, code changes"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="original model: 'reference' or a local HF folder")
+    p.add_argument("--candidate", required=True, help="unlearned model: a local HF folder (or 'reference')")
+    p.add_argument("--quantizers", default="nf4,gptq,int8", help="comma list (default %(default)s)")
+    p.add_argument("--calibration", default=None,
+                   help="benchmark whose retain_corpus calibrates gptq (default: data-free gptq grid)")
+    p.add_argument("--per-layer", action="store_true", help="also print one row per layer")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_model_args(p)
+
+
+def format_table(diagnosis, per_layer: bool = False) -> str:
+    rows = [f"{'quantizer':<16}{'layer':<34}{'updated':>9}{'rms(d)/bin':>12}{'>=half gap':>12}{'code chg':>10}{'value chg':>10}"]
+    for q, d in diagnosis.quantizers.items():
+        for s in ([d.overall] + (d.layers if per_layer else [])):
+            rows.append(f"{q:<16}{s.name[-33:]:<34}{s.frac_updated:>9.4f}{s.rms_delta_over_bin:>12.3g}"
+                        f"{s.frac_over_half_gap:>12.4f}{s.frac_code_changed:>10.4f}{s.frac_value_changed:>10.4f}")
+    notes = {d.mode for d in diagnosis.quantizers.values() if d.mode != "exact"}
+    return "\n".join(rows + [f"note: {n}" for n in sorted(notes)])
+
+
+def run(args: argparse.Namespace) -> int:
+    from mansu_audit.api import as_bundle, as_loaded
+    from mansu_audit.diagnostics import diagnose
+    from mansu_audit.quantizers import get_quantizer
+
+    names = parse_list(args.quantizers)
+    for name in names:
+        get_quantizer(name)  # unknown names fail before any model is loaded
+    base = as_loaded(args.base, allow_pickle=args.allow_pickle)
+    cand = as_loaded(args.candidate, allow_pickle=args.allow_pickle)
+    bundle = as_bundle(args.calibration) if args.calibration else None
+    result = diagnose(base.model, cand.model, names, calibration=bundle,
+                      tokenizer=base.tokenizer if bundle is not None else None,
+                      base_name=base.name, candidate_name=cand.name)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"base {result.base} vs candidate {result.candidate}")
+        print(format_table(result, args.per_layer))
+    return 0

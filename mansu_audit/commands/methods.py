@@ -1,0 +1,32 @@
+"""`mansu-audit methods`: list the registered unlearning methods and their default settings."""
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "methods"
+HELP = "list unlearning methods (bundled and registered) with their default settings"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from methods import available_methods
+    from methods.base import setting_fields
+
+    table = {}
+    for name, cls in available_methods().items():
+        fields_ = setting_fields(cls.Settings)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        table[name] = {"description": doc[0] if doc else "",
+                       "settings": {k: {"type": t.__name__, "default": d, **({"choices": list(c)} if c else {})}
+                                    for k, (t, d, c) in fields_.items()}}
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    for name, info in table.items():
+        print(f"{name}: {info['description']}")
+        print("    " + " ".join(f"{k}={v['default']}" for k, v in info["settings"].items()))
+    return 0

@@ -1,0 +1,140 @@
+"""`unlearn(method, model, benchmark, ...)`: run an unlearning method and write its checkpoint.
+
+The checkpoint folder holds `model.safetensors` + `config.json` (save_pretrained,
+safetensors), the tokenizer, and `unlearn.json`: the method, its settings, the
+seed, steps, wall time, the method's diagnostics and the SHA-256 of the base
+model's and benchmark's files (so a result names exactly what it came from).
+It is written to a temporary sibling folder and renamed into place, so an
+error or interrupt never leaves a half-written checkpoint. `load_model(out)`
+(and so `certify`) reads it back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mansu_audit.data import Bundle
+from mansu_audit.errors import InputError
+from mansu_audit.models import LoadedModel
+
+RECORD_NAME = "unlearn.json"
+RECORD_VERSION = 1
+
+
+def resolve_method(method: str | type | Any):
+    """A method instance from a registry name, `file.py:Class`, a class or an instance."""
+    from methods import get_method
+
+    if isinstance(method, str):
+        return get_method(method)()
+    if isinstance(method, type):
+        return method()
+    return method
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """`None`/"auto" -> CUDA if available, then MPS, else CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError("output exists and is not an empty folder; refusing to overwrite", out)
+    if not out.parent.exists():
+        raise InputError("parent folder of the output does not exist", out.parent)
+
+
+def _record(result, method, loaded: LoadedModel, bundle: Bundle, device: torch.device) -> dict:
+    import transformers
+
+    from mansu_audit import __version__
+
+    return {
+        "record_version": RECORD_VERSION,
+        "method": result.method or getattr(method, "name", type(method).__name__),
+        "method_class": f"{type(method).__module__}.{type(method).__qualname__}",
+        "settings": result.settings,
+        "seed": result.seed,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 3),
+        "diagnostics": result.diagnostics,
+        "base_model": {"name": loaded.name, "files": loaded.file_hashes()},
+        "benchmark": {"name": bundle.name, "files": bundle.file_hashes()},
+        "device": str(device),
+        "versions": {"mansu_audit": __version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+    }
+
+
+def _default_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; give the result the permissions a plain mkdir/open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for p in folder.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o666 & ~umask)
+
+
+def write_checkpoint(out: str | Path, model: torch.nn.Module, tokenizer, record: dict) -> Path:
+    """Atomically write model (safetensors), tokenizer and `unlearn.json` to `out` (new or empty folder)."""
+    out = Path(out)
+    _check_out(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+        _default_permissions(tmp)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def unlearn(method: str | type | Any, model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "synthhazard",
+            *, seed: int = 0, overrides: list[str] | dict[str, Any] | None = None, out: str | Path | None = None,
+            device: str | torch.device | None = "cpu", progress: bool = False):
+    """Run `method` on `model` (θ0, left unmodified) with `benchmark`'s data; optionally write the checkpoint.
+
+    `overrides` are `key=value` strings or a dict, type-checked against the method's
+    `Settings`. Returns the method's `UnlearnResult` (its `.model` is θu).
+    """
+    from mansu_audit.api import as_bundle, as_loaded
+    from methods.base import UnlearnContext, parse_overrides
+
+    instance = resolve_method(method)
+    settings = parse_overrides(instance.Settings, overrides)
+    if out is not None:
+        _check_out(Path(out))
+    loaded = as_loaded(model)
+    bundle = as_bundle(benchmark)
+    dev = pick_device(device)
+    context = UnlearnContext(loaded.model, loaded.tokenizer, bundle, seed=seed, device=dev, progress=progress)
+    start = time.perf_counter()
+    result = instance.run(context, settings)
+    if not result.seconds:
+        result.seconds = time.perf_counter() - start
+    result.method = result.method or getattr(instance, "name", type(instance).__name__)
+    result.seed = seed
+    if out is not None:
+        result.model.to("cpu")
+        write_checkpoint(out, result.model, loaded.tokenizer, _record(result, instance, loaded, bundle, dev))
+    return result

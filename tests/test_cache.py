@@ -1,0 +1,153 @@
+"""Content-addressed result cache: keys follow content, an interrupted certify resumes, stale entries are never reused."""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_llama
+from mansu_audit.cache import (CACHE_ENV, NoCache, ResultCache, default_cache_dir, state_dict_sha256,
+                               tokenizer_sha256)
+from mansu_audit.data import BUNDLED_DATA, load_bundle
+from mansu_audit.models import model_from_objects
+from mansu_audit.policy import Policy
+
+certify_module = importlib.import_module("mansu_audit.certify")  # the module (mansu_audit.certify is the function)
+FAST = Policy(bootstrap_replicates=500)
+
+
+def small_bundle(root, n=24, edit_retain_question=False):
+    """A copy of synthhazard with `n` items per MCQ split (fast tests); optionally one retain question edited."""
+    src = BUNDLED_DATA / "synthhazard"
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((src / "manifest.json").read_text())
+    for name, spec in manifest["splits"].items():
+        lines = (src / spec["path"]).read_text().splitlines()[:n]
+        if edit_retain_question and name == "retain_eval":
+            first = json.loads(lines[0])
+            first["question"] = first["question"] + " (edited)"
+            lines[0] = json.dumps(first)
+        (root / spec["path"]).write_text("\n".join(lines) + "\n")
+        spec["n"] = len(lines)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return load_bundle(root)
+
+
+class CountingEvaluator:
+    """Wraps evaluate_mcq, counting calls; raises KeyboardInterrupt on call number `fail_at` (a crash)."""
+
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at, self.real = 0, fail_at, certify_module.evaluate_mcq
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.real(*args, **kwargs)
+
+
+def test_state_dict_hash_follows_content(ref_tokenizer):
+    a = tiny_llama(len(ref_tokenizer), seed=0, hidden=32, intermediate=64)
+    b = tiny_llama(len(ref_tokenizer), seed=0, hidden=32, intermediate=64)
+    assert state_dict_sha256(a) == state_dict_sha256(b)  # same content, different objects
+    with torch.no_grad():
+        w = b.model.layers[1].mlp.down_proj.weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1.0))  # one ulp
+    assert state_dict_sha256(a) != state_dict_sha256(b)
+    assert state_dict_sha256(a.to(torch.float64)) != state_dict_sha256(tiny_llama(len(ref_tokenizer), seed=0,
+                                                                                   hidden=32, intermediate=64))
+    assert tokenizer_sha256(ref_tokenizer) == tokenizer_sha256(ref_tokenizer)
+
+
+def test_cache_round_trip_and_corruption(tmp_path):
+    cache = ResultCache(tmp_path / "c")
+    k1 = ResultCache.key("stage", {"model": "m1", "settings": {"b": 2, "a": 1}})
+    assert k1 == ResultCache.key("stage", {"settings": {"a": 1, "b": 2}, "model": "m1"})  # order-free
+    assert k1 != ResultCache.key("stage", {"model": "m2", "settings": {"b": 2, "a": 1}})
+    assert cache.get(k1) is None
+    cache.put(k1, {"x": [1, 2, float("-inf")]})
+    assert cache.get(k1) == {"x": [1, 2, float("-inf")]} and k1 in cache
+    assert not list((tmp_path / "c").rglob("*.tmp"))  # atomic write leaves no temp files
+    path = next((tmp_path / "c").rglob(f"{k1}.json"))
+    path.write_text('{"key": "')  # a torn write from some other tool
+    assert cache.get(k1) is None
+    NoCache().put(k1, {"x": 1})
+    assert NoCache().get(k1) is None
+
+
+def test_default_location_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env-cache"))
+    assert default_cache_dir() == tmp_path / "env-cache"
+    assert ResultCache().root == tmp_path / "env-cache"
+    monkeypatch.delenv(CACHE_ENV)
+    assert default_cache_dir().name == ".mansu_cache"
+
+
+@pytest.fixture()
+def pair(ref_tokenizer):
+    base = model_from_objects(tiny_llama(len(ref_tokenizer), seed=0, hidden=32, intermediate=64), ref_tokenizer, "b")
+    cand = model_from_objects(tiny_llama(len(ref_tokenizer), seed=1, hidden=32, intermediate=64), ref_tokenizer, "c")
+    return base, cand
+
+
+def run(base, cand, bundle, cache, monkeypatch, fail_at=None):
+    counter = CountingEvaluator(fail_at)
+    monkeypatch.setattr(certify_module, "evaluate_mcq", counter)
+    try:
+        cert = certify_module.certify(base, cand, bundle, quantizers=("int8",), policy=FAST, cad=None, cache=cache)
+    finally:
+        monkeypatch.setattr(certify_module, "evaluate_mcq", counter.real)
+    return cert, counter.calls
+
+
+def test_interrupted_certify_resumes(pair, tmp_path, monkeypatch):
+    base, cand = pair
+    bundle = small_bundle(tmp_path / "bundle")
+    cache = ResultCache(tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        run(base, cand, bundle, cache, monkeypatch, fail_at=4)  # 3 evaluations finished, the 4th crashed
+    resumed, calls = run(base, cand, bundle, cache, monkeypatch)
+    assert calls == 8 - 3  # 2 models x (fp32, int8) x 2 splits, minus the finished ones
+    again, calls = run(base, cand, bundle, cache, monkeypatch)
+    assert calls == 0
+    fresh, calls = run(base, cand, bundle, NoCache(), monkeypatch)
+    assert calls == 8
+    assert fresh.body == resumed.body == again.body  # cached and fresh results are the same bytes
+    assert fresh.body_sha256 == resumed.body_sha256
+
+
+def test_changed_inputs_never_reuse_stale_entries(pair, tmp_path, monkeypatch):
+    base, cand = pair
+    bundle = small_bundle(tmp_path / "bundle")
+    cache = ResultCache(tmp_path / "cache")
+    first, calls = run(base, cand, bundle, cache, monkeypatch)
+    assert calls == 8
+    # The candidate changes in one weight: only its 4 evaluations are redone, under the same run name.
+    with torch.no_grad():
+        cand.model.model.layers[0].self_attn.q_proj.weight[0, 0] += 0.5
+    changed, calls = run(base, cand, bundle, cache, monkeypatch)
+    assert calls == 4
+    assert changed.body["models"]["candidate"]["state_dict_sha256"] != first.body["models"]["candidate"][
+        "state_dict_sha256"]
+    # One retain question edited: both models' retain_eval evaluations (fp32 and int8) are redone.
+    edited = small_bundle(tmp_path / "bundle2", edit_retain_question=True)
+    _, calls = run(base, cand, edited, cache, monkeypatch)
+    assert calls == 4
+    # New evaluation code: nothing is reused.
+    monkeypatch.setattr(certify_module, "evaluation_code_sha256", lambda: "0" * 64)
+    _, calls = run(base, cand, bundle, cache, monkeypatch)
+    assert calls == 8
+
+
+def test_cached_predictions_equal_fresh_ones(pair, tmp_path, monkeypatch):
+    base, cand = pair
+    bundle = small_bundle(tmp_path / "bundle")
+    cache = ResultCache(tmp_path / "cache")
+    cert, _ = run(base, cand, bundle, cache, monkeypatch)
+    fresh = certify_module.evaluate_mcq(cand.model, cand.tokenizer, bundle.split("forget_eval"))
+    np.testing.assert_array_equal(cert.body["per_item"]["forget_eval"]["predictions"]["candidate/fp32"],
+                                  fresh.predictions)
