@@ -2,9 +2,10 @@
 
 The simplest baseline (Zhang et al.; the paper's "Global GA"): maximise the
 forget NLL, no retain term. Defaults adapted to the reference model (4 layers,
-256 wide, 3.5M parameters, facts memorised from ~1k sentences): AdamW lr 5e-5,
-60 steps of 16 forget_corpus sentences (the CPU experiment's range was lr
-1e-5…3e-4, 10–100 steps). Larger steps/lr collapse the retain set too.
+256 wide, 3.5M parameters, facts memorised from ~1k sentences): AdamW lr 1e-4,
+60 steps of 16 forget_corpus sentences. Measured on `reference` (seed 0, CPU):
+forget_eval 0.998 -> 0.843, retain_eval 0.987 -> 0.870; lr 5e-5 barely forgets
+(0.988), lr 1e-4 x 100 steps or 3e-4 collapse retain too (<= 0.43).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class GlobalGA(Method):
     @dataclass
     class Settings(MethodSettings):
         steps: int = 60
-        lr: float = 5e-5
+        lr: float = 1e-4
 
     def run(self, context, settings):
         model = context.trainable_copy()

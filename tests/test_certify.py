@@ -142,6 +142,8 @@ def forget_finetuned(reference, bundle, steps=60, lr=2e-3, seed=0):
     tok = reference.tokenizer
     items = list(bundle.split("forget_eval")) + list(bundle.split("forget_attr"))
     encoded = [tok(item_prompt(it) + " " + LETTERS[(it.answer + 1) % len(it.choices)]).input_ids for it in items]
+    # Retain questions keep their right answers, so the model forgets the hazard domain only (no collapse).
+    encoded += [tok(item_prompt(it) + " " + LETTERS[it.answer]).input_ids for it in bundle.split("retain_eval")]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -88,14 +88,28 @@ def _absmax_and_scaled(weight: torch.Tensor, blocksize: int):
     return absmax, scaled, n
 
 
+def _bucket(scaled: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
+    """uint8 count of midpoints strictly below each value = torch.bucketize(scaled, midpoints) (right=False).
+
+    Fifteen vectorised comparisons are ~3.5x faster than bucketize's per-element binary
+    search on CPU, and give the identical index (ties, i.e. a value equal to a midpoint, go low).
+    """
+    out = torch.zeros_like(scaled, dtype=torch.uint8)
+    mask = torch.empty_like(scaled, dtype=torch.bool)
+    for m in midpoints.tolist():  # float32 values, exact as Python floats and back
+        torch.gt(scaled, m, out=mask)
+        out.add_(mask)
+    return out
+
+
 def quantize_4bit_codes(weight: torch.Tensor, quant_type: str = "nf4",
                         blocksize: int = DEFAULT_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 codes shaped like `weight`, float32 absmax per block), equal to bitsandbytes' packed codes."""
     absmax, scaled, n = _absmax_and_scaled(weight, blocksize)
     _, midpoints, order = _bounds(quant_type)
-    sorted_pos = torch.bucketize(scaled.reshape(-1)[:n], midpoints, out_int32=True)
-    codes = sorted_pos if quant_type == "nf4" else order[sorted_pos]
-    return codes.to(torch.uint8).view(weight.shape), absmax
+    sorted_pos = _bucket(scaled.reshape(-1)[:n], midpoints)
+    codes = sorted_pos if quant_type == "nf4" else order[sorted_pos.int()].to(torch.uint8)
+    return codes.view(weight.shape), absmax
 
 
 def _decode_table(quant_type: str, last_dim: int) -> torch.Tensor:
@@ -154,21 +168,23 @@ def fake_quant_4bit(weight: torch.Tensor, quant_type: str = "nf4", blocksize: in
                     double_quant: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dequantized weight in weight.dtype, uint8 codes, absmax used for dequantization).
 
-    One fused pass: the int32 bucket positions index the level table directly
-    (no packing, no int64 index tensors), which is what makes it faster than
+    One fused pass: codes by counting midpoints (see `_bucket`), levels looked up
+    with int32 indices, no packing; this is what makes it faster than
     bitsandbytes' quantize + dequantize round trip.
     """
     absmax, scaled, n = _absmax_and_scaled(weight, blocksize)
     _, midpoints, order = _bounds(quant_type)
-    pos = torch.bucketize(scaled, midpoints, out_int32=True)
+    pos = _bucket(scaled, midpoints)
+    index = pos.int()
     if quant_type == "nf4":
-        codes, levels = pos, _table("nf4")
+        levels = _table("nf4")
     else:
-        codes = order[pos]
+        index = order.int()[index]
         levels = _decode_table(quant_type, weight.shape[-1] if weight.dim() else 1)
     used_absmax = double_quantized_absmax(absmax) if double_quant else absmax
-    deq = (levels[codes] * used_absmax[:, None]).reshape(-1)[:n].view(weight.shape).to(weight.dtype)
-    return deq, codes.reshape(-1)[:n].to(torch.uint8).view(weight.shape), used_absmax
+    deq = (levels[index] * used_absmax[:, None]).reshape(-1)[:n].view(weight.shape).to(weight.dtype)
+    codes = pos if quant_type == "nf4" else index.to(torch.uint8)
+    return deq, codes.reshape(-1)[:n].view(weight.shape), used_absmax
 
 
 # ---------------------------------------------------------------- geometry

@@ -1,0 +1,42 @@
+"""`mansu-audit demo`: MANSU and baselines on the bundled benchmark, certified, with an HTML report."""
+from __future__ import annotations
+
+import argparse
+
+from mansu_audit.commands._common import parse_list
+from mansu_audit.demo import DEMO_METHODS, DEMO_OUT, DEMO_QUANTIZERS
+
+NAME = "demo"
+HELP = ("end-to-end demo: unlearn the reference model with MANSU, GA, NPO and RMU, certify each through "
+        "nf4, gptq and int8, write reports/demo/index.html and one certificate per method")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=str(DEMO_OUT), help="output folder (default %(default)s)")
+    p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma list (default %(default)s)")
+    p.add_argument("--quantizers", default=",".join(DEMO_QUANTIZERS), help="comma list (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mansu_audit.cache import NoCache, ResultCache
+    from mansu_audit.demo import run_demo
+    from mansu_audit.matrix import format_matrix_table
+
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
+    result = run_demo(args.out, methods=parse_list(args.methods), quantizers=parse_list(args.quantizers),
+                      cache=cache, device=args.device, progress=not args.quiet)
+    print(format_matrix_table(result.run.results))
+    print(f"wall time {result.seconds:.0f} s")
+    for cell in result.run.results["cells"]:
+        print(f"certificate: {result.run.out / cell['folder'] / 'certificate.json'}")
+    print(f"matrix: {result.run.html_path}")
+    print(f"report: {result.report_path}")
+    return 0

@@ -1,0 +1,92 @@
+"""`mansu-audit matrix`: methods × quantizers × seeds, cached and resumable, with a baseline gate for CI."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mansu_audit.commands._common import parse_list
+
+NAME = "matrix"
+HELP = ("run methods x quantizers x seeds (cached, resumable); write OUT/matrix.json, matrix.html and index.html; "
+        "with --baseline exit 1 on any regression (worse verdict or a statistic beyond tolerance)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", required=True, help="comma list of method names (see `mansu-audit methods`)")
+    p.add_argument("--quantizers", default="nf4,gptq,int8", help="comma list (default %(default)s)")
+    p.add_argument("--seeds", default="0", help="comma list of unlearning seeds (default %(default)s)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--base", default="reference", help="base model: 'reference' or a local HF folder")
+    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--policy", default=None, help="YAML policy file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="override one method's setting (repeatable), e.g. ga:steps=30")
+    p.add_argument("--baseline", default=None, help="baseline file (matrix.json format) to compare against")
+    p.add_argument("--tolerance", default=None,
+                   help="allowed change of a statistic's point estimate: 0.02 (default) or e.g. 0.02,CAD=0.1,G_Q=0.01")
+    p.add_argument("--save-baseline", default=None, metavar="FILE", help="write this run's results as a baseline")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_method_overrides(values: list[str]) -> dict[str, list[str]]:
+    from mansu_audit.errors import InputError
+
+    out: dict[str, list[str]] = {}
+    for v in values:
+        method, sep, setting = v.partition(":")
+        if not sep or "=" not in setting or not method.strip():
+            raise InputError(f"--set '{v}': expected METHOD:KEY=VALUE")
+        out.setdefault(method.strip(), []).append(setting)
+    return out
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    from mansu_audit.errors import InputError
+
+    try:
+        return tuple(int(s) for s in parse_list(text))
+    except ValueError:
+        raise InputError(f"--seeds '{text}': expected a comma list of integers") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from mansu_audit.cache import NoCache, ResultCache
+    from mansu_audit.errors import InputError
+    from mansu_audit.matrix import (compare_to_baseline, format_matrix_table, parse_tolerance, read_results,
+                                    run_matrix, save_baseline, write_matrix_html)
+
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    methods = parse_list(args.methods)
+    overrides = parse_method_overrides(args.overrides)
+    unknown = sorted(set(overrides) - set(methods))
+    if unknown:
+        raise InputError(f"--set names methods not in --methods: {', '.join(unknown)}")
+    tolerances = parse_tolerance(args.tolerance)
+    baseline = read_results(args.baseline) if args.baseline else None  # fail before the long run
+    cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
+    run_ = run_matrix(methods, parse_list(args.quantizers), parse_seeds(args.seeds), Path(args.out),
+                      base=args.base, benchmark=args.benchmark, policy=args.policy, cache=cache, overrides=overrides,
+                      device=args.device, progress=not args.quiet)
+    print(format_matrix_table(run_.results))
+    print(f"results: {run_.results_path}")
+    print(f"matrix: {run_.html_path}")
+    print(f"report: {run_.report_path}")
+    if args.save_baseline:
+        print(f"baseline saved: {save_baseline(run_.results, args.save_baseline)}")
+    if baseline is None:
+        return 0
+    regressions = compare_to_baseline(run_.results, baseline, tolerances)
+    write_matrix_html(run_.out, run_.results, regressions=regressions, baseline_path=str(args.baseline))
+    if not regressions:
+        print(f"baseline {args.baseline}: no regression")
+        return 0
+    print(f"baseline {args.baseline}: {len(regressions)} regression(s)")
+    for r in regressions:
+        print(f"REGRESSION {r}")
+    return 1

@@ -1,0 +1,207 @@
+"""The regression matrix: pooling identities, baseline comparison, and a cached, resumable grid run on tiny models."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+import mansu_audit.matrix as matrix
+from conftest import tiny_llama
+from mansu_audit.cache import NoCache, ResultCache
+from mansu_audit.certify import certify
+from mansu_audit.cli import main
+from mansu_audit.errors import InputError
+from mansu_audit.models import model_from_objects
+from mansu_audit.policy import Policy
+from test_cache import small_bundle
+
+FAST = Policy(bootstrap_replicates=200)
+
+
+@pytest.fixture(scope="module")
+def bodies(tmp_path_factory, ref_tokenizer):
+    """Certificates of two tiny candidates against one tiny base (as two 'seeds' of a method)."""
+    bundle = small_bundle(tmp_path_factory.mktemp("m") / "bundle", n=24)
+    base = model_from_objects(tiny_llama(len(ref_tokenizer), seed=0, hidden=32, intermediate=64), ref_tokenizer, "b")
+    out = []
+    for seed in (1, 2):
+        cand = model_from_objects(tiny_llama(len(ref_tokenizer), seed=seed, hidden=32, intermediate=64),
+                                  ref_tokenizer, f"c{seed}")
+        out.append(certify(base, cand, bundle, quantizers=("int8",), policy=FAST, cad=None, cache=NoCache()).body)
+    return out
+
+
+def test_pooling_one_seed_reproduces_the_certificate(bodies):
+    pooled = matrix.pool_seeds(bodies[:1])
+    d = bodies[0]["desiderata"]
+    for stat, name in (("D_F", "F"), ("D_R", "R"), ("G_Q[int8]", "Q[int8]")):
+        for k in ("point", "low", "high"):  # same vectors, same bootstrap seed and B: identical estimates
+            assert pooled["statistics"][stat][k] == pytest.approx(d[name]["estimate"][k], abs=1e-9)
+        assert pooled["verdicts"][name] == d[name]["verdict"]
+
+
+def test_pooled_point_is_the_mean_of_seed_points(bodies):
+    pooled = matrix.pool_seeds(bodies)
+    for stat, name in (("D_F", "F"), ("D_R", "R"), ("G_Q[int8]", "Q[int8]")):
+        mean = np.mean([b["desiderata"][name]["estimate"]["point"] for b in bodies])
+        assert pooled["statistics"][stat]["point"] == pytest.approx(mean, abs=1e-9)  # linear in the per-item means
+    assert pooled["n_seeds"] == 2
+    assert pooled["verdicts"]["S"] == "NOT COMPUTED" and pooled["verdict"] != "PASS"
+    # random tiny models trip the over-unlearning guard, so nothing pooled may PASS
+    assert bodies[0]["guard"] and "PASS" not in pooled["verdicts"].values()
+
+
+def _results(cells, pooled=None):
+    return {"schema": matrix.MATRIX_SCHEMA, "schema_version": 1, "methods": ["ga"], "quantizers": ["nf4"],
+            "seeds": [0], "cells": cells, "pooled": pooled or {}}
+
+
+def _cell(verdicts, stats, seed=0, verdict="INCONCLUSIVE"):
+    return {"method": "ga", "seed": seed, "folder": f"runs/ga/seed-{seed}", "verdict": verdict, "verdicts": verdicts,
+            "statistics": {k: {"point": v, "low": v - 0.01, "high": v + 0.01} for k, v in stats.items()},
+            "guard": []}
+
+
+def test_baseline_comparison_names_each_regression():
+    base = _results([_cell({"F": "PASS", "Q[nf4]": "INCONCLUSIVE"}, {"D_F": 0.30, "G_Q[nf4]": 0.00, "CAD": 0.6})])
+    same = copy.deepcopy(base)
+    assert matrix.compare_to_baseline(same, base, matrix.parse_tolerance(None)) == []
+    within = _results([_cell({"F": "PASS", "Q[nf4]": "PASS"}, {"D_F": 0.31, "G_Q[nf4]": -0.015, "CAD": 0.6})])
+    assert matrix.compare_to_baseline(within, base, matrix.parse_tolerance("0.02")) == []  # better verdict is fine
+    worse = _results([_cell({"F": "FAIL", "Q[nf4]": "INCONCLUSIVE"}, {"D_F": 0.25, "G_Q[nf4]": 0.0, "CAD": 0.3},
+                            verdict="FAIL")])
+    problems = matrix.compare_to_baseline(worse, base, matrix.parse_tolerance("0.02,CAD=0.5"))
+    assert any("ga seed 0: verdict F worsened PASS -> FAIL" in p for p in problems)
+    assert any("overall verdict worsened INCONCLUSIVE -> FAIL" in p for p in problems)
+    assert any(p.startswith("ga seed 0: D_F moved +0.3000 -> +0.2500") for p in problems)
+    assert not any("CAD" in p for p in problems)  # its own tolerance 0.5 covers the 0.3 move
+    assert len(problems) == 3
+    # a family tolerance covers every quantizer's G_Q; a missing cell is a regression
+    moved = _results([_cell({"F": "PASS", "Q[nf4]": "INCONCLUSIVE"}, {"D_F": 0.30, "G_Q[nf4]": 0.05, "CAD": 0.6})])
+    assert matrix.compare_to_baseline(moved, base, matrix.parse_tolerance("G_Q=0.1")) == []
+    assert len(matrix.compare_to_baseline(moved, base, matrix.parse_tolerance("G_Q=0.01"))) == 1
+    assert matrix.compare_to_baseline(_results([]), base, {"default": 0.02}) == \
+        ["ga seed 0: missing from this run (the baseline has it)"]
+
+
+@pytest.mark.parametrize("text", ["abc", "D_F=x", "-0.1", "nan"])
+def test_bad_tolerance_is_an_input_error(text):
+    with pytest.raises(InputError):
+        matrix.parse_tolerance(text)
+
+
+def test_bad_baseline_file_is_an_input_error(tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text('{"schema": "something-else"}')
+    with pytest.raises(InputError, match="not a mansu-audit matrix"):
+        matrix.read_results(path)
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="not a JSON"):
+        matrix.read_results(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_base_dir(tmp_path_factory, ref_tokenizer):
+    """A tiny base model saved as a checkpoint folder (safetensors), usable by the CLI."""
+    folder = tmp_path_factory.mktemp("base") / "tiny"
+    model = tiny_llama(len(ref_tokenizer), seed=0, hidden=32, intermediate=64)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    ref_tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_grid_runs_caches_resumes_and_gates_on_baseline(tiny_base_dir, tmp_path, monkeypatch, capsys):
+    bundle_dir = tmp_path / "bundle"
+    small_bundle(bundle_dir, n=16)
+    cache_dir = tmp_path / "cache"
+    out = tmp_path / "grid"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("bootstrap_replicates: 200\n")
+    argv = ["matrix", "--methods", "ga,npo", "--quantizers", "nf4", "--seeds", "0,1", "--out", str(out),
+            "--base", str(tiny_base_dir), "--benchmark", str(bundle_dir), "--policy", str(policy),
+            "--set", "ga:steps=2", "--set", "npo:steps=2", "--set", "ga:batch_size=4", "--set", "npo:batch_size=4",
+            "--cache-dir", str(cache_dir), "--quiet"]
+    assert main(argv + ["--save-baseline", str(tmp_path / "baseline.json")]) == 0
+    results = json.loads((out / "matrix.json").read_text())
+    assert [(c["method"], c["seed"]) for c in results["cells"]] == [("ga", 0), ("ga", 1), ("npo", 0), ("npo", 1)]
+    assert set(results["pooled"]) == {"ga", "npo"}
+    for c in results["cells"]:
+        folder = out / c["folder"]
+        assert {"certificate.json", "results.json", "details.json"} <= {p.name for p in folder.iterdir()}
+        assert json.loads((folder / "details.json").read_text())["run"]["seed"] == c["seed"]
+    html = (out / "matrix.html").read_text()
+    assert "ga pooled (2 seeds)" in html and "npo seed 1" in html
+    assert (out / "index.html").read_text().count('class="audit"') == 4
+    first = (out / "matrix.json").read_bytes()
+
+    # rerun: every checkpoint and evaluation comes from the cache (no training, no evaluation)
+    import importlib
+
+    certify_module = importlib.import_module("mansu_audit.certify")
+    unlearn_module = importlib.import_module("mansu_audit.unlearn")
+
+    monkeypatch.setattr(unlearn_module, "unlearn", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(certify_module, "evaluate_mcq", lambda *a, **k: pytest.fail("re-evaluated despite the cache"))
+    capsys.readouterr()
+    assert main(argv + ["--baseline", str(tmp_path / "baseline.json")]) == 0
+    assert "no regression" in capsys.readouterr().out
+    assert (out / "matrix.json").read_bytes() == first  # deterministic
+
+    # a baseline that was better: exit 1 and name the regression
+    baseline = json.loads((tmp_path / "baseline.json").read_text())
+    cell = baseline["cells"][0]
+    cell["statistics"]["D_F"]["point"] += 0.5
+    cell["verdicts"]["R"] = "PASS"
+    (tmp_path / "better.json").write_text(json.dumps(baseline))
+    results_now = json.loads(first)
+    expect_r = results_now["cells"][0]["verdicts"]["R"] != "PASS"
+    assert main(argv + ["--baseline", str(tmp_path / "better.json")]) == 1
+    printed = capsys.readouterr().out
+    assert "REGRESSION ga seed 0: D_F moved" in printed
+    assert ("REGRESSION ga seed 0: verdict R worsened PASS" in printed) == expect_r
+    assert "regression(s)" in (out / "matrix.html").read_text()
+
+
+def test_matrix_refuses_bad_input_before_running(tmp_path, capsys):
+    assert main(["matrix", "--methods", "nope", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["matrix", "--methods", "ga", "--quantizers", "fp99", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert main(["matrix", "--methods", "ga", "--seeds", "a,b", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert main(["matrix", "--methods", "ga", "--set", "npo:steps=1", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert main(["matrix", "--methods", "ga", "--baseline", str(tmp_path / "missing.json"),
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_store_follows_the_cache(tmp_path):
+    assert matrix.checkpoint_store(ResultCache(tmp_path / "c"), tmp_path / "o") == tmp_path / "c" / "checkpoints"
+    assert matrix.checkpoint_store(NoCache(), tmp_path / "o") == tmp_path / "o" / ".checkpoints"
+
+
+@pytest.mark.slow
+def test_demo_on_the_reference_model(reference, tmp_path, capsys):
+    """`mansu-audit demo` end to end (two methods, one quantizer to keep it short): report, certificates, verdicts."""
+    from mansu_audit.certificate import verify_certificate
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--methods", "ga,rmu", "--quantizers", "int8",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'index.html'}" in printed and "ga s0" in printed and "rmu s0" in printed
+    results = json.loads((out / "matrix.json").read_text())
+    assert [c["folder"] for c in results["cells"]] == ["ga", "rmu"]
+    for cell in results["cells"]:
+        assert verify_certificate(out / cell["folder"] / "certificate.json") == []
+    ga = results["cells"][0]
+    assert ga["statistics"]["D_F"]["point"] > 0.1 and ga["verdicts"]["F"] == "PASS"  # GA forgets (measured 0.155)
+    html = (out / "index.html").read_text()
+    assert html.index("ga (seed 0)") < html.index("rmu (seed 0)") and html.count('class="audit"') == 2
+    # a second demo into the same folder replaces the first (cached: no retraining)
+    assert main(["demo", "--out", str(out), "--methods", "ga", "--quantizers", "int8",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert not (out / "rmu").exists() and (out / "index.html").read_text().count('class="audit"') == 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("user data")
+    assert main(["demo", "--out", str(tmp_path / "other"), "--quiet"]) == 2  # never writes into a foreign folder
