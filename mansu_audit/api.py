@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mansu_audit.data import MCQ_SPLITS, Bundle, load_bundle
-from mansu_audit.evaluate import MCQResult, evaluate_mcq
+from mansu_audit.evaluate import MCQResult
 from mansu_audit.models import LoadedModel, load_model
 from mansu_audit.stats import DEFAULT_B, DEFAULT_SEED, Estimate, accuracy_ci
 
@@ -32,14 +32,21 @@ class Evaluation:
     benchmark: str
     scores: dict[str, dict[str, SplitScore]] = field(default_factory=dict)  # quantizer -> split -> score
     chance: float = 0.25
+    prompting: dict = field(default_factory=dict)  # chat-template mode, whether applied, template hash
+    notes: list[str] = field(default_factory=list)  # how the model was loaded (device, dtype, adapter, GGUF)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "benchmark": self.benchmark, "chance": self.chance,
+                "prompting": self.prompting, "notes": self.notes,
                 "results": {q: {s: sc.to_dict() for s, sc in splits.items()} for q, splits in self.scores.items()}}
 
 
-def as_loaded(model: str | Path | LoadedModel, allow_pickle: bool = False) -> LoadedModel:
-    return model if isinstance(model, LoadedModel) else load_model(model, allow_pickle=allow_pickle)
+def as_loaded(model: str | Path | LoadedModel, allow_pickle: bool = False, device: str = "cpu",
+              dtype: str | None = None) -> LoadedModel:
+    """A LoadedModel as given, or loaded from a name/folder/file/hub id on `device` (see `certify.as_model`)."""
+    from mansu_audit.certify import as_model
+
+    return as_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
 
 
 def as_bundle(benchmark: str | Path | Bundle) -> Bundle:
@@ -48,13 +55,22 @@ def as_bundle(benchmark: str | Path | Bundle) -> Bundle:
 
 def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "synthhazard", *,
              quantizers: tuple[str, ...] = (), splits: tuple[str, ...] | None = None,
-             B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int = 64,
-             progress: bool = False) -> Evaluation:
-    """Evaluate a model (and its quantized versions) on every MCQ split of a benchmark."""
+             B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int | None = 64,
+             chat_template: str = "auto", progress: bool = False) -> Evaluation:
+    """Evaluate a model (and its quantized versions) on every MCQ split of a benchmark.
+
+    `batch_size=None` chooses it automatically (halving on out-of-memory);
+    `chat_template` (auto|on|off) wraps prompts in the tokenizer's chat template.
+    """
+    from mansu_audit.loaders import AutoBatch, chat_prompt_fn, chat_template_record
+
     loaded = as_loaded(model)
     bundle = as_bundle(benchmark)
+    prompt_fn = chat_prompt_fn(loaded.tokenizer, chat_template)
+    batcher = AutoBatch(start=batch_size)
     names = splits or tuple(s for s in MCQ_SPLITS if s in bundle.mcq)
-    out = Evaluation(loaded.name, bundle.name, chance=1.0 / bundle.num_choices)
+    out = Evaluation(loaded.name, bundle.name, chance=1.0 / bundle.num_choices,
+                     prompting=chat_template_record(loaded.tokenizer, chat_template), notes=list(loaded.notes))
     variants = [(FULL_PRECISION, loaded.model)]
     for qname in quantizers:
         from mansu_audit.quantizers import quantize_model
@@ -64,7 +80,7 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     for qname, m in variants:
         out.scores[qname] = {}
         for split in names:
-            res = evaluate_mcq(m, loaded.tokenizer, bundle.split(split), split=split,
-                               batch_size=batch_size, progress=progress)
+            res = batcher.evaluate(m, loaded.tokenizer, bundle.split(split), split=split, prompt_fn=prompt_fn,
+                                   subject_line=bundle.subject_line, progress=progress)
             out.scores[qname][split] = SplitScore(res, accuracy_ci(res.correct.astype(np.float64), B=B, seed=seed))
     return out

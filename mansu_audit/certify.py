@@ -88,6 +88,8 @@ class Evaluations:
 
     results: dict[str, dict[str, MCQResult]]
     quantizer_settings: dict[str, dict]
+    batch_size: int = 0  # the batch size last used (0: everything came from the cache)
+    peak_memory_bytes: int = 0  # peak GPU memory of the evaluations (0 on CPU)
 
 
 def _quantize(model: LoadedModel, name: str, bundle: Bundle):
@@ -109,12 +111,17 @@ def check_quantizers(quantizers: Sequence[str]) -> None:
 
 
 def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Sequence[str], cache: ResultCache, *,
-                 batch_size: int = 64, progress: bool = False) -> Evaluations:
+                 batch_size: int | None = 64, chat_template: str = "off", progress: bool = False) -> Evaluations:
     """Evaluate every (role, variant, split), reusing cached entries and caching each new one at once.
 
     A variant whose splits are all cached is not even quantized, so an interrupted
-    run resumes where it stopped.
+    run resumes where it stopped. `batch_size=None` picks it automatically (halving
+    on out-of-memory); `chat_template` (auto|on|off) wraps prompts in the
+    tokenizer's chat template, and is part of every cache key.
     """
+    from mansu_audit.loaders import AutoBatch, chat_prompt_fn, chat_template_record
+
+    batcher = AutoBatch(start=batch_size, evaluator=evaluate_mcq)
     code = evaluation_code_sha256()
     items = {s: mcq_items_sha256(bundle.split(s)) for s in EVAL_SPLITS}
     calibration = sha256_json(bundle.texts("retain_corpus")) if "retain_corpus" in bundle.corpus else None
@@ -123,9 +130,12 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     settings: dict[str, dict] = {}
     for variant in (FULL_PRECISION, *quantizers):
         for role, model in models.items():
+            prompting = chat_template_record(model.tokenizer, chat_template)
+            prompt_fn = chat_prompt_fn(model.tokenizer, chat_template)
             keys = {s: ResultCache.key("mcq-eval", {
                 "model": hashes[role], "variant": variant, "split": s, "items": items[s], "code": code,
                 "calibration": None if variant == FULL_PRECISION else calibration, "batch_size": batch_size,
+                "prompting": prompting, "subject_line": bundle.subject_line,
                 "dtype": str(next(model.model.parameters()).dtype), "torch": metadata.version("torch")})
                 for s in EVAL_SPLITS}
             cached = {s: cache.get(k) for s, k in keys.items()}
@@ -141,8 +151,8 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 entry = cached[split]
                 if entry is None:
                     _log(progress, f"evaluating {key} on {split}")
-                    res = evaluate_mcq(evaluated, model.tokenizer, bundle.split(split), split=split,
-                                       batch_size=batch_size, progress=progress)
+                    res = batcher.evaluate(evaluated, model.tokenizer, bundle.split(split), split=split,
+                                           prompt_fn=prompt_fn, subject_line=bundle.subject_line, progress=progress)
                     entry = {"result": res.to_dict(),
                              "quantizer_settings": settings.get(variant) if variant != FULL_PRECISION else None}
                     cache.put(keys[split], entry)
@@ -153,7 +163,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 if variant != FULL_PRECISION and entry.get("quantizer_settings") is not None:
                     settings.setdefault(variant, entry["quantizer_settings"])
             del evaluated  # free the quantized copy before the next one
-    return Evaluations(results, settings)
+    return Evaluations(results, settings, batcher.batch_size, batcher.peak_memory_bytes)
 
 
 def _cad_from_circuits(base: LoadedModel, candidate: LoadedModel, bundle: Bundle, policy: Policy, cache: ResultCache,
@@ -209,7 +219,8 @@ def resolve_cad(cad: CadSpec, base: LoadedModel, candidate: LoadedModel, bundle:
 def _model_record(model: LoadedModel) -> dict:
     return {"name": model.name, "path": None if model.path is None else str(Path(model.path).resolve()),
             "files": model.file_hashes(),
-            "state_dict_sha256": None if model.files else state_dict_sha256(model.model)}
+            "state_dict_sha256": None if model.files else state_dict_sha256(model.model),
+            "notes": list(model.notes)}
 
 
 def _per_item(evals: Evaluations) -> dict:
@@ -278,10 +289,11 @@ def sidecar_bytes(evals: Evaluations, bundle: Bundle, quantizers: Sequence[str],
 
 def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, LoadedModel], bundle: Bundle,
                policy: Policy, policy_source: Path | None, quantizers: Sequence[str], cad: Estimate | None,
-               sidecar: bytes) -> dict:
+               sidecar: bytes, chat_template: str = "off") -> dict:
     import hashlib
 
     from mansu_audit.data import sha256_file
+    from mansu_audit.loaders import chat_template_record
 
     a = assessment.to_dict()
     return {
@@ -300,20 +312,41 @@ def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, Loa
         "quantizers": {q: {"settings": evals.quantizer_settings.get(q, {})} for q in quantizers},
         "environment": library_versions(),
         "seeds": {"bootstrap": policy.seed},
+        "prompting": {**chat_template_record(models[CANDIDATE].tokenizer, chat_template),
+                      "subject_line": bundle.subject_line,
+                      "cad": "plain prompts (CAD compares base and candidate on the same forget_attr prompts)"},
         "per_item": _per_item(evals),
         "sidecars": {RESULTS_FILE: hashlib.sha256(sidecar).hexdigest()},
     }
 
 
+def as_model(spec: str | Path | LoadedModel, *, device: str = "cpu", dtype: "str | torch.dtype | None" = None,
+             allow_pickle: bool = False) -> LoadedModel:
+    """A LoadedModel as given, or loaded from a name/folder/file under the device plan."""
+    if isinstance(spec, LoadedModel):
+        return spec
+    import torch
+
+    from mansu_audit.loaders import DTYPES
+
+    resolved = dtype if dtype is not None else ("auto" if device == "auto" else torch.float32)
+    resolved = DTYPES.get(resolved, resolved) if isinstance(resolved, str) else resolved
+    return load_model(spec, device=device, dtype=resolved, allow_pickle=allow_pickle)
+
+
 def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             benchmark: str | Path | Bundle = "synthhazard", *, quantizers: Sequence[str] = DEFAULT_QUANTIZERS,
             policy: Policy | str | Path | None = None, out: str | Path | None = None, cad: CadSpec = "auto",
-            cache: ResultCache | None = None, batch_size: int = 64, allow_pickle: bool = False,
+            cache: ResultCache | None = None, batch_size: int | None = 64, allow_pickle: bool = False,
+            device: str = "cpu", dtype: str | None = None, chat_template: str = "auto",
             progress: bool = False) -> Certificate:
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
     `policy` is a `Policy`, a YAML file or None (defaults). `cache` defaults to
     `ResultCache()` ($MANSU_CACHE_DIR or .mansu_cache/); pass `NoCache()` to disable.
+    Models given by name load on `device` ("auto": the GPU when present) in `dtype`
+    (None: float32 on CPU, bf16 on GPU); `batch_size=None` is chosen automatically.
+    `chat_template` (auto|on|off) is recorded in the certificate's `prompting`.
     """
     policy_source = None
     if not isinstance(policy, Policy):
@@ -322,20 +355,22 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     quantizers = tuple(dict.fromkeys(q for q in quantizers if q != FULL_PRECISION))
     check_quantizers(quantizers)
     cache = cache if cache is not None else ResultCache()
-    base_m = base if isinstance(base, LoadedModel) else load_model(base, allow_pickle=allow_pickle)
-    cand_m = candidate if isinstance(candidate, LoadedModel) else load_model(candidate, allow_pickle=allow_pickle)
+    base_m = as_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    cand_m = as_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
     check_compatible(base_m, cand_m)
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)
     for split in EVAL_SPLITS:
         bundle.split(split)
     models = {BASE: base_m, CANDIDATE: cand_m}
 
-    evals = evaluate_all(models, bundle, quantizers, cache, batch_size=batch_size, progress=progress)
+    evals = evaluate_all(models, bundle, quantizers, cache, batch_size=batch_size, chat_template=chat_template,
+                         progress=progress)
     cad_estimate, cad_details = resolve_cad(cad, base_m, cand_m, bundle, policy, cache, progress)
     assessment = assess(evals.results["forget_eval"], evals.results["retain_eval"], quantizers, policy,
                         num_choices=bundle.num_choices, cad=cad_estimate)
     sidecar = sidecar_bytes(evals, bundle, quantizers, cad_details)
-    body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar)
+    body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar,
+                      chat_template)
     certificate = Certificate(body, now_utc())
     if out is not None:
         certificate.write(out, sidecar)

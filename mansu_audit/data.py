@@ -66,6 +66,12 @@ class Bundle:
         return [c.text for c in self.corpus[name]]
 
     @property
+    def subject_line(self) -> bool:
+        """Whether MCQ prompts open with lm-eval's subject line (manifest `prompt.subject_line`; WMDP/MMLU bundles)."""
+        prompt = self.manifest.get("prompt") or {}
+        return bool(prompt.get("subject_line", False)) if isinstance(prompt, dict) else False
+
+    @property
     def num_choices(self) -> int:
         return len(self.mcq["forget_eval"][0].choices)
 

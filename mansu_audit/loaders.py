@@ -520,10 +520,12 @@ class AutoBatch:
     batch_size: int = 0
     peak_memory_bytes: int = 0
     backoffs: int = 0
+    evaluator: Callable | None = None  # default `mansu_audit.evaluate.evaluate_mcq`
 
     def evaluate(self, model: torch.nn.Module, tokenizer, items: Sequence, **kwargs):
         from mansu_audit.evaluate import evaluate_mcq
 
+        evaluate_fn = self.evaluator or evaluate_mcq
         device = model_device(model)
         if self.batch_size == 0:
             self.batch_size = self.start or (256 if device.type == "cuda" else 64)
@@ -531,7 +533,7 @@ class AutoBatch:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             try:
-                result = evaluate_mcq(model, tokenizer, items, batch_size=self.batch_size, **kwargs)
+                result = evaluate_fn(model, tokenizer, items, batch_size=self.batch_size, **kwargs)
             except Exception as exc:
                 if not _is_oom(exc) or self.batch_size == 1:
                     raise

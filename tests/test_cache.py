@@ -151,3 +151,19 @@ def test_cached_predictions_equal_fresh_ones(pair, tmp_path, monkeypatch):
     fresh = certify_module.evaluate_mcq(cand.model, cand.tokenizer, bundle.split("forget_eval"))
     np.testing.assert_array_equal(cert.body["per_item"]["forget_eval"]["predictions"]["candidate/fp32"],
                                   fresh.predictions)
+
+
+def test_atomic_write_is_all_or_nothing_with_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from mansu_audit.cache import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a" / "x.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "x.json").read_bytes() == b"{}"
+    assert stat.S_IMODE((tmp_path / "a" / "x.json").stat().st_mode) == 0o644
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.json"]  # no temporary file left behind

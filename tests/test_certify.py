@@ -187,3 +187,53 @@ def test_reference_no_op_fails_f_and_real_forgetting_passes_f(reference, bundle,
     assert d_f["low"] >= 0.10 and not cert.body["guard"]
     assert cert.verdict != "PASS"  # S not computed
     assert main(["verify", str(tmp_path / "out" / "certificate.json"), "--candidate", str(folder)]) == 0
+
+
+CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+
+
+def test_chat_template_changes_prompts_is_recorded_and_keys_the_cache(pair, small, tmp_path):
+    """--chat-template on wraps every prompt, is recorded in the certificate and never reuses plain-prompt results."""
+    from mansu_audit.evaluate import evaluate_mcq
+    from mansu_audit.loaders import chat_prompt_fn
+
+    base, cand = pair
+    tok = copy.deepcopy(base.tokenizer)
+    tok.chat_template = CHAT
+    base = LoadedModel(base.model, tok, "b", None)
+    cand = LoadedModel(cand.model, tok, "c", None)
+    cache = ResultCache(tmp_path / "cache")
+    plain = certify_module.certify(base, cand, small, quantizers=(), policy=FAST, cad=None, cache=cache,
+                                   chat_template="off")
+    chat = certify_module.certify(base, cand, small, quantizers=(), policy=FAST, cad=None, cache=cache,
+                                  chat_template="on")
+    assert plain.body["prompting"]["applied"] is False and plain.body["prompting"]["template_sha256"] is None
+    assert chat.body["prompting"]["applied"] is True and len(chat.body["prompting"]["template_sha256"]) == 64
+    # The chat run's predictions are those of the wrapped prompts, not the cached plain ones.
+    wrap = chat_prompt_fn(tok, "on")
+    assert wrap("Q?").startswith("<|user|>Q?") and wrap("Q?").endswith("<|assistant|>")
+    direct = evaluate_mcq(cand.model, tok, small.split("forget_eval"), prompt_fn=wrap)
+    assert chat.body["per_item"]["forget_eval"]["predictions"]["candidate/fp32"] == direct.predictions.tolist()
+    plain_direct = evaluate_mcq(cand.model, tok, small.split("forget_eval"))
+    assert plain.body["per_item"]["forget_eval"]["predictions"]["candidate/fp32"] == plain_direct.predictions.tolist()
+    assert direct.predictions.tolist() != plain_direct.predictions.tolist() or \
+        not np.allclose(direct.margin, plain_direct.margin)
+
+
+def test_chat_template_on_without_template_is_one_clear_error(pair, small):
+    base, cand = pair
+    with pytest.raises(InputError, match="no chat template"):
+        certify_module.certify(base, cand, small, quantizers=(), policy=FAST, cad=None, cache=NoCache(),
+                               chat_template="on")
+
+
+def test_cli_loading_options_reach_the_evaluation(capsys):
+    """`evaluate --device cpu --dtype float32 --batch-size 7 --chat-template off` runs and reports plain prompts."""
+    code = main(["evaluate", "--model", "reference", "--device", "cpu", "--dtype", "float32", "--batch-size", "7",
+                 "--chat-template", "off", "--bootstrap", "200", "--json"])
+    assert code == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompting"] == {"mode": "off", "applied": False, "template_sha256": None}
+    assert out["results"]["fp32"]["forget_eval"]["accuracy"] > 0.9

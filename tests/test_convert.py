@@ -1,6 +1,8 @@
 """Converters: WMDP/MMLU/generic tables -> bundles (fixtures in the real datasets' column layouts)."""
 from __future__ import annotations
 
+import numpy as np
+
 import json
 from collections import Counter
 from pathlib import Path
@@ -194,3 +196,20 @@ def test_bad_json_line_is_named(tmp_path):
     with pytest.raises(InputError) as err:
         convert_generic(src, tmp_path / "o", _opts())
     assert str(err.value).startswith(f"{src}:2: bad JSON")
+
+
+def test_wmdp_bundle_evaluates_with_lm_eval_subject_line(ref_tokenizer, tmp_path):
+    """WMDP/MMLU bundles say `prompt.subject_line`; evaluation then opens every prompt with the subject line."""
+    from conftest import tiny_llama
+    from mansu_audit.api import evaluate
+    from mansu_audit.evaluate import evaluate_mcq
+    from mansu_audit.models import model_from_objects
+
+    bundle = load_bundle(convert_wmdp(WMDP_DIR, "wmdp-bio", tmp_path / "w", _opts(attr_fraction=0.5)))
+    assert bundle.subject_line and bundle.manifest["prompt"] == {"subject_line": True}
+    model = model_from_objects(tiny_llama(len(ref_tokenizer), seed=3, hidden=32, intermediate=64), ref_tokenizer, "t")
+    got = evaluate(model, bundle, splits=("forget_eval",), B=100).scores["fp32"]["forget_eval"].result
+    items = bundle.split("forget_eval")
+    with_subject = evaluate_mcq(model.model, ref_tokenizer, items, subject_line=True)
+    without = evaluate_mcq(model.model, ref_tokenizer, items)
+    assert np.array_equal(got.margin, with_subject.margin) and not np.allclose(got.margin, without.margin)

@@ -11,3 +11,31 @@ def parse_list(value: str) -> tuple[str, ...]:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle (.bin) weights; unpickling untrusted files can run code")
+
+
+def add_loading_args(p: argparse.ArgumentParser) -> None:
+    """`--device`, `--dtype`, `--chat-template`, `--batch-size` for commands that load and evaluate models."""
+    from mansu_audit.loaders import add_loading_arguments
+
+    add_loading_arguments(p)
+    p.add_argument("--batch-size", default="auto", type=parse_batch_size,
+                   help="evaluation batch size, or auto (64 on CPU, 256 on GPU, halved on out-of-memory)")
+
+
+def parse_batch_size(text: str) -> int | None:
+    """'auto' -> None; a positive integer otherwise (argparse reports anything else in one line)."""
+    if text == "auto":
+        return None
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def dtype_arg(args: argparse.Namespace):
+    """`--dtype` for `load_model`: as given, or 'auto' resolved for an explicit device (bf16 on CUDA, else fp32)."""
+    if args.dtype != "auto" or args.device == "auto":
+        return args.dtype
+    from mansu_audit.loaders import plan_device
+
+    return plan_device(args.device, "auto").dtype

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mansu_audit.commands._common import add_model_args, parse_list
+from mansu_audit.commands._common import add_loading_args, add_model_args, dtype_arg, parse_list
 
 NAME = "certify"
 HELP = ("certify that a candidate's unlearning is meaningful, keeps retain accuracy and survives quantization; "
@@ -23,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="S: run EAP-IG + CAD on forget_attr (auto) or leave it not computed (skip)")
     p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     add_model_args(p)
+    add_loading_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
     cert = certify(args.base, args.candidate, args.benchmark, quantizers=quantizers, policy=args.policy, out=out,
                    cad=None if args.cad == "skip" else "auto", cache=cache, batch_size=args.batch_size,
-                   allow_pickle=args.allow_pickle, progress=not args.quiet)
+                   allow_pickle=args.allow_pickle, device=args.device, dtype=dtype_arg(args),
+                   chat_template=args.chat_template, progress=not args.quiet)
     body = cert.body
     print(f"base {args.base}  candidate {args.candidate}  benchmark {body['benchmark']['name']}  "
           f"(n forget {body['benchmark']['splits']['forget_eval']}, retain {body['benchmark']['splits']['retain_eval']}, "

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from mansu_audit.api import evaluate
-from mansu_audit.commands._common import add_model_args, parse_list
+from mansu_audit.commands._common import add_loading_args, add_model_args, dtype_arg, parse_list
 from mansu_audit.stats import DEFAULT_B
 
 NAME = "evaluate"
@@ -18,9 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantizers", default="", help="comma list, e.g. nf4,gptq,int8 (fp32 is always included)")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_model_args(p)
+    add_loading_args(p)
 
 
 def format_table(result) -> str:
@@ -37,12 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from mansu_audit.data import load_bundle
 
     bundle = load_bundle(args.benchmark)  # cheap checks first: a bad file fails before the model loads
-    model = as_loaded(args.model, allow_pickle=args.allow_pickle)
+    model = as_loaded(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=dtype_arg(args))
     result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,
-                      seed=args.seed, batch_size=args.batch_size, progress=not args.json)
+                      seed=args.seed, batch_size=args.batch_size, chat_template=args.chat_template,
+                      progress=not args.json)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(f"model {result.model} on {result.benchmark} (chance {result.chance:.2f})")
+        chat = "chat template" if result.prompting.get("applied") else "plain prompts"
+        print(f"model {result.model} on {result.benchmark} (chance {result.chance:.2f}, {chat})")
         print(format_table(result))
     return 0

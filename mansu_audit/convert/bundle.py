@@ -199,4 +199,7 @@ def assemble(out: str | Path, name: str, forget: Sequence[MCQItem], retain: Sequ
     extra = {"description": description, "seed": seed, "attr_fraction": attr_fraction, "attr_max": attr_max,
              "corrupt": corrupt_doc, "source": provenance or {}, "converter": "mansu_audit.convert"}
     mcq = {"forget_eval": forget_eval, "forget_attr": forget_attr, "retain_eval": list(retain)}
+    # lm-eval's WMDP/MMLU prompts open with "The following are multiple choice questions (with answers)
+    # about <subject>.": evaluation adds that line when every evaluated item names its subject.
+    extra["prompt"] = {"subject_line": all(it.subject for it in [*forget_eval, *retain])}
     return write_bundle(out, name, mcq, dict(corpora or {}), extra, overwrite=overwrite)
