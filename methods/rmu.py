@@ -61,8 +61,12 @@ class RMU(Method):
         gen = torch.Generator().manual_seed(context.seed)
         u = torch.rand(model.config.hidden_size, generator=gen)
         control = (u / u.norm() * settings.steering_scale * norm).to(device)
-        trainable = select_parameters(model, lambda n: n.endswith("mlp.down_proj.weight")
-                                      and settings.first_update_layer <= (layer_index(n) or -1) <= settings.layer)
+        def updated(name: str) -> bool:
+            index = layer_index(name)  # 0 is a layer, not "no layer"
+            return (name.endswith("mlp.down_proj.weight") and index is not None
+                    and settings.first_update_layer <= index <= settings.layer)
+
+        trainable = select_parameters(model, updated)
 
         def objective(m, forget, retain, step):
             h_f = hidden_after_layer(m, forget, settings.layer)

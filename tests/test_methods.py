@@ -257,3 +257,12 @@ def test_entry_point_methods_are_registered(tmp_path, monkeypatch):
     assert "halve-ep" in available_methods() and "ga" in available_methods()
     cls = get_method("halve_ep")
     assert cls.name == "halve-ep" and parse_overrides(cls.Settings, ["knob=3"]).knob == 3.0
+
+
+def test_rmu_updates_exactly_the_down_proj_of_its_layer_range(ref_tokenizer, small_bundle, trained_base):
+    """Layer 0 counts: RMU with first_update_layer=0, layer=1 changes both down_proj matrices and nothing else."""
+    cls, settings = settings_for("rmu")
+    result = cls().run(UnlearnContext(trained_base, ref_tokenizer, small_bundle, seed=0, progress=False), settings)
+    before, after = trained_base.state_dict(), result.model.state_dict()
+    changed = sorted(n for n in before if not torch.equal(before[n], after[n]))
+    assert changed == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
