@@ -34,10 +34,12 @@ class Evaluation:
     chance: float = 0.25
     prompting: dict = field(default_factory=dict)  # chat-template mode, whether applied, template hash
     notes: list[str] = field(default_factory=list)  # how the model was loaded (device, dtype, adapter, GGUF)
+    dtype: str = ""  # the weights' dtype as evaluated
+    batch_size: int = 0  # the evaluation batch size used (after any out-of-memory back-off)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "benchmark": self.benchmark, "chance": self.chance,
-                "prompting": self.prompting, "notes": self.notes,
+                "prompting": self.prompting, "notes": self.notes, "dtype": self.dtype, "batch_size": self.batch_size,
                 "results": {q: {s: sc.to_dict() for s, sc in splits.items()} for q, splits in self.scores.items()}}
 
 
@@ -69,10 +71,11 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     prompt_fn = chat_prompt_fn(loaded.tokenizer, chat_template)
     batcher = AutoBatch(start=batch_size)
     names = splits or tuple(s for s in MCQ_SPLITS if s in bundle.mcq)
-    out = Evaluation(loaded.name, bundle.name, chance=1.0 / bundle.num_choices,
+    chance = float(np.mean([1.0 / len(it.choices) for it in bundle.split(names[0])]))
+    out = Evaluation(loaded.name, bundle.name, chance=chance,
                      prompting=chat_template_record(loaded.tokenizer, chat_template), notes=list(loaded.notes))
     variants = [(FULL_PRECISION, loaded.model)]
-    for qname in quantizers:
+    for qname in dict.fromkeys(q for q in quantizers if q != FULL_PRECISION):
         from mansu_audit.quantizers import quantize_model
 
         variants.append((qname, quantize_model(loaded.model, qname, tokenizer=loaded.tokenizer,
@@ -83,4 +86,6 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
             res = batcher.evaluate(m, loaded.tokenizer, bundle.split(split), split=split, prompt_fn=prompt_fn,
                                    subject_line=bundle.subject_line, progress=progress)
             out.scores[qname][split] = SplitScore(res, accuracy_ci(res.correct.astype(np.float64), B=B, seed=seed))
+    out.dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+    out.batch_size = batcher.batch_size
     return out

@@ -132,5 +132,5 @@ class NoCache(ResultCache):
 
 
 def mcq_items_sha256(items) -> str:
-    """Content hash of MCQ items as the evaluator sees them."""
-    return sha256_json([[it.id, it.question, list(it.choices), it.answer, it.subject] for it in items])
+    """Content hash of MCQ items, including their extra fields (the `corrupt` prompt attribution uses)."""
+    return sha256_json([[it.id, it.question, list(it.choices), it.answer, it.subject, it.extra] for it in items])

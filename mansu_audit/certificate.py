@@ -155,6 +155,7 @@ def format_verdict_table(body: Mapping) -> str:
 def _file_kind(name: str) -> str:
     from mansu_audit.models import TOKENIZER_FILES
 
+    name = name.rsplit("/", 1)[-1]  # adapter certificates prefix names with base/ and adapter/
     if name in TOKENIZER_FILES:
         return "tokenizer"
     if name.endswith(".json") and not name.endswith(".index.json"):
@@ -179,20 +180,27 @@ def _compare_files(label: str, recorded: Mapping[str, str], current: Mapping[str
 def _verify_model(role: str, record: Mapping, spec: str | None) -> list[str]:
     from mansu_audit.cache import state_dict_sha256
     from mansu_audit.data import sha256_file
-    from mansu_audit.models import checkpoint_files, load_model, resolve_model_path
+    from mansu_audit.loaders import model_file_map
+    from mansu_audit.models import load_model
 
     spec = spec or record.get("path")
     if spec is None:
         return [f"{role}: certified as an in-memory model; pass --{role} FOLDER to check its weights"]
-    path = resolve_model_path(spec)
-    if not path.is_dir():
-        raise InputError(f"{role} model folder not found", path)
-    if not record["files"]:  # certified in memory: compare the weights themselves
-        current = state_dict_sha256(load_model(path).model)
-        if current != record["state_dict_sha256"]:
-            return [f"{role} weights: state dict differs from the certified one"]
-        return []
-    current = {name: sha256_file(p) for name, p in checkpoint_files(path).items()}
+    if not record["files"]:  # certified in memory: compare the weights (and tokenizer) themselves
+        from mansu_audit.cache import tokenizer_sha256
+
+        loaded = load_model(spec)
+        changes = []
+        if state_dict_sha256(loaded.model) != record["state_dict_sha256"]:
+            changes.append(f"{role} weights: state dict differs from the certified one")
+        if record.get("tokenizer_sha256") not in (None, tokenizer_sha256(loaded.tokenizer)):
+            changes.append(f"{role} tokenizer: vocabulary or special tokens differ from the certified one")
+        return changes
+    try:  # the same file map loading built: folder, GGUF file, or LoRA adapter + its base (base/, adapter/)
+        files = model_file_map(spec)
+    except InputError as exc:
+        raise InputError(f"{role} model: {exc.message}", exc.path, exc.line) from None
+    current = {name: sha256_file(p) for name, p in files.items()}
     return _compare_files(role, record["files"], current, _file_kind)
 
 

@@ -52,9 +52,21 @@ def _log(progress: bool, message: str) -> None:
         print(f"[certify] {message}", file=sys.stderr, flush=True)
 
 
+def runtime_record(model) -> dict:
+    """What else changes a result computed on the same weights: precision, device, torch version."""
+    p = next(model.parameters())
+    return {"dtype": str(p.dtype), "device": p.device.type, "torch": metadata.version("torch")}
+
+
+def cad_code_sha256() -> str:
+    """Hash of the code a CAD result depends on (attribution, circuits, prompts, bootstrap)."""
+    paths = [*sorted((PACKAGE_DIR / "circuits").glob("*.py")), PACKAGE_DIR / "prompts.py", PACKAGE_DIR / "stats.py"]
+    return files_sha256(p for p in paths if p.is_file())
+
+
 def evaluation_code_sha256() -> str:
     """Hash of the code whose change alters an evaluation result (cache 'code version')."""
-    paths = [PACKAGE_DIR / "evaluate.py", PACKAGE_DIR / "prompts.py"]
+    paths = [PACKAGE_DIR / "evaluate.py", PACKAGE_DIR / "prompts.py", PACKAGE_DIR / "loaders.py"]
     paths += sorted((PACKAGE_DIR / "quantizers").glob("*.py"))
     return files_sha256(p for p in paths if p.is_file())
 
@@ -135,8 +147,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
             keys = {s: ResultCache.key("mcq-eval", {
                 "model": hashes[role], "variant": variant, "split": s, "items": items[s], "code": code,
                 "calibration": None if variant == FULL_PRECISION else calibration, "batch_size": batch_size,
-                "prompting": prompting, "subject_line": bundle.subject_line,
-                "dtype": str(next(model.model.parameters()).dtype), "torch": metadata.version("torch")})
+                "prompting": prompting, "subject_line": bundle.subject_line, **runtime_record(model.model)})
                 for s in EVAL_SPLITS}
             cached = {s: cache.get(k) for s, k in keys.items()}
             evaluated = model.model
@@ -172,15 +183,20 @@ def _cad_from_circuits(base: LoadedModel, candidate: LoadedModel, bundle: Bundle
     from mansu_audit.circuits import compute_cad
 
     items = bundle.split(CAD_SPLIT)
-    circuit_code = files_sha256(sorted((PACKAGE_DIR / "circuits").glob("*.py")))
     key = ResultCache.key("cad", {"base": model_content_sha256(base), "candidate": model_content_sha256(candidate),
-                                  "items": mcq_items_sha256(items), "code": circuit_code,
-                                  "B": policy.bootstrap_replicates, "seed": policy.seed})
+                                  "items": mcq_items_sha256(items), "code": cad_code_sha256(),
+                                  "B": policy.bootstrap_replicates, "seed": policy.seed, "level": policy.level,
+                                  "ci_method": policy.ci_method, **runtime_record(base.model)})
     entry = cache.get(key)
     if entry is None:
         _log(progress, f"CAD (EAP-IG) on {CAD_SPLIT}")
-        result = compute_cad(base.model, candidate.model, base.tokenizer, items, B=policy.bootstrap_replicates,
-                             seed=policy.seed)
+        try:
+            result = compute_cad(base.model, candidate.model, base.tokenizer, items, B=policy.bootstrap_replicates,
+                                 seed=policy.seed, level=policy.level, ci_method=policy.ci_method)
+        except ValueError as exc:  # e.g. no forget_attr item whose corrupt prompt matches the clean one's length
+            raise InputError(f"CAD on {CAD_SPLIT} impossible: {exc} (clean and corrupt prompts must tokenise to the "
+                             f"same length; refit them with mansu_audit.convert.rematch_corrupt, or use --cad skip)",
+                             bundle.files.get(CAD_SPLIT)) from None
         entry = json.loads(json.dumps(result.to_dict()))
         cache.put(key, entry)
     else:
@@ -220,6 +236,7 @@ def _model_record(model: LoadedModel) -> dict:
     return {"name": model.name, "path": None if model.path is None else str(Path(model.path).resolve()),
             "files": model.file_hashes(),
             "state_dict_sha256": None if model.files else state_dict_sha256(model.model),
+            **({} if model.files else {"tokenizer_sha256": tokenizer_sha256(model.tokenizer)}),
             "notes": list(model.notes)}
 
 
@@ -355,19 +372,19 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     quantizers = tuple(dict.fromkeys(q for q in quantizers if q != FULL_PRECISION))
     check_quantizers(quantizers)
     cache = cache if cache is not None else ResultCache()
+    bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)  # cheap checks first
+    for split in EVAL_SPLITS:
+        bundle.split(split)
     base_m = as_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
     cand_m = as_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
     check_compatible(base_m, cand_m)
-    bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)
-    for split in EVAL_SPLITS:
-        bundle.split(split)
     models = {BASE: base_m, CANDIDATE: cand_m}
 
     evals = evaluate_all(models, bundle, quantizers, cache, batch_size=batch_size, chat_template=chat_template,
                          progress=progress)
     cad_estimate, cad_details = resolve_cad(cad, base_m, cand_m, bundle, policy, cache, progress)
     assessment = assess(evals.results["forget_eval"], evals.results["retain_eval"], quantizers, policy,
-                        num_choices=bundle.num_choices, cad=cad_estimate)
+                        cad=cad_estimate)
     sidecar = sidecar_bytes(evals, bundle, quantizers, cad_details)
     body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar,
                       chat_template)

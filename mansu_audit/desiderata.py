@@ -170,15 +170,16 @@ def degenerate_letter(result: MCQResult, num_choices: int, max_fraction: float) 
 
 
 def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], quantizers: Sequence[str],
-           policy: Policy, *, num_choices: int, cad: Estimate | None = None) -> Assessment:
+           policy: Policy, *, num_choices: int | None = None, cad: Estimate | None = None) -> Assessment:
     """Verdicts for F, R, Q (per quantizer and worst) and S from per-item results.
 
     `forget` / `retain` map `variant_key(role, variant)` to that model's results on
     the split, for roles base and candidate and variants "fp32" + `quantizers`.
     `cad` is the CAD estimate (S); None leaves S "NOT COMPUTED" (never PASS).
+    Chance is each split's own mean of 1/k_i (items may have different numbers of
+    choices); `num_choices` (the most choices of an item) only bounds the letter check.
     """
     quantizers = tuple(quantizers)
-    chance = 1.0 / num_choices
     keys = [variant_key(r, v) for r in (BASE, CANDIDATE) for v in (FULL_PRECISION, *quantizers)]
     for split_name, results in (("forget_eval", forget), ("retain_eval", retain)):
         missing = [k for k in keys if k not in results]
@@ -187,6 +188,10 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
         ids = {results[k].ids for k in keys}
         if len(ids) != 1:
             raise ValueError(f"{split_name}: results are not aligned on the same items (cannot pair)")
+    first = variant_key(BASE, FULL_PRECISION)
+    chance, retain_chance = forget[first].chance, retain[first].chance
+    if num_choices is None:
+        num_choices = int(max(forget[first].num_choices.max(), retain[first].num_choices.max()))
 
     boot = dict(B=policy.bootstrap_replicates, seed=policy.seed, level=policy.level, method=policy.ci_method,
                 power=policy.mde_power)
@@ -224,9 +229,9 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
         key = variant_key(CANDIDATE, variant)
         findings = []
         acc = r_est[f"acc[{key}]"]
-        if acc.high <= chance + policy.chance_margin:
+        if acc.high <= retain_chance + policy.chance_margin:
             findings.append(f"retain accuracy at chance ({acc.point:.3f}, upper CI {acc.high:.3f} "
-                            f"<= {chance:.2f} + {policy.chance_margin:.2f})")
+                            f"<= {retain_chance:.2f} + {policy.chance_margin:.2f})")
         for results in (forget, retain):
             finding = degenerate_letter(results[key], num_choices, policy.max_single_letter_fraction)
             if finding:

@@ -46,6 +46,16 @@ class MCQResult:
         return len(self.ids)
 
     @property
+    def num_choices(self) -> np.ndarray:
+        """Choices per item (unused columns of `logprobs` are -inf)."""
+        return np.maximum(np.isfinite(self.logprobs).sum(axis=1), 1)
+
+    @property
+    def chance(self) -> float:
+        """Expected accuracy of uniform guessing on these items: mean of 1/k_i (items may differ in k)."""
+        return float(np.mean(1.0 / self.num_choices)) if self.n else 0.0
+
+    @property
     def margin(self) -> np.ndarray:
         """log p(answer) − max log p(other): > 0 when correct; how far from flipping."""
         lp = self.logprobs.copy()

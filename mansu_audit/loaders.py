@@ -290,6 +290,33 @@ def load_gguf(spec: str | Path, plan: DevicePlan):
     return models.LoadedModel(model, tokenizer, str(spec), path, {path.name: path}, notes)
 
 
+def model_file_map(spec: str | Path, *, adapter_base: str | Path | None = None) -> dict[str, Path]:
+    """The files `load_model(spec)` records and hashes, found without loading any weights (`verify`)."""
+    from mansu_audit import models
+
+    path = models.resolve_model_path(spec)
+    if is_gguf(path):
+        if not path.is_file():
+            raise InputError("GGUF file not found", path)
+        return {path.name: path}
+    if is_adapter(path):
+        cfg = read_adapter_config(path)
+        base_spec = adapter_base if adapter_base is not None else cfg.get("base_model_name_or_path")
+        if not base_spec:
+            raise InputError("adapter names no base model (base_model_name_or_path)", path / ADAPTER_CONFIG)
+        files = {f"base/{k}": v for k, v in model_file_map(base_spec).items()}
+        files[f"adapter/{ADAPTER_CONFIG}"] = path / ADAPTER_CONFIG
+        weights = next((path / n for n in ADAPTER_WEIGHTS if (path / n).is_file()), None)
+        if weights is not None:
+            files[f"adapter/{weights.name}"] = weights
+        return files
+    if is_hub_id(spec):
+        path = fetch_hub_model(str(spec))
+    if not path.is_dir():
+        raise InputError("model folder not found", path)
+    return models.checkpoint_files(path)
+
+
 def fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same weights in a model built from its config (drops GGUF/loader state that blocks saving)."""
     from transformers import AutoModelForCausalLM

@@ -145,7 +145,7 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
     for b in bodies[1:]:
         for split in ("forget_eval", "retain_eval"):
             if b["per_item"][split]["ids"] != first["per_item"][split]["ids"]:
-                raise ValueError("seeds were certified on different items; cannot pool")
+                raise InputError(f"{split}: the seeds were certified on different items; cannot pool them")
     policy = Policy(**first["policy"]["values"])
     quantizers = list(first["quantizers"])
     boot = dict(B=policy.bootstrap_replicates, seed=policy.seed, level=policy.level, method=policy.ci_method,

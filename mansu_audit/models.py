@@ -124,7 +124,7 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: t
     previous = logging.getLogger("transformers.modeling_utils").level
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=False, use_safetensors=not allow_pickle,
+            str(path), local_files_only=True, trust_remote_code=False, use_safetensors=None if allow_pickle else True,
             dtype=dtype)
     except Exception as exc:
         raise InputError(f"cannot load weights: {str(exc).splitlines()[0]}", path) from None

@@ -1,6 +1,7 @@
 """Content-addressed result cache: keys follow content, an interrupted certify resumes, stale entries are never reused."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import shutil
@@ -13,6 +14,7 @@ from conftest import tiny_llama
 from mansu_audit.cache import (CACHE_ENV, NoCache, ResultCache, default_cache_dir, state_dict_sha256,
                                tokenizer_sha256)
 from mansu_audit.data import BUNDLED_DATA, load_bundle
+from mansu_audit.errors import InputError
 from mansu_audit.models import model_from_objects
 from mansu_audit.policy import Policy
 
@@ -167,3 +169,48 @@ def test_atomic_write_is_all_or_nothing_with_ordinary_permissions(tmp_path):
     assert (tmp_path / "a" / "x.json").read_bytes() == b"{}"
     assert stat.S_IMODE((tmp_path / "a" / "x.json").stat().st_mode) == 0o644
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.json"]  # no temporary file left behind
+
+
+def test_cad_is_keyed_by_the_corrupt_prompts(pair, tmp_path, monkeypatch):
+    """Refitting forget_attr's corrupt prompts (same questions) must recompute CAD, never reuse the old one."""
+    import mansu_audit.circuits as circuits
+    from mansu_audit.data import MCQItem
+
+    base, cand = pair
+    bundle = small_bundle(tmp_path / "bundle", n=8)
+    cache = ResultCache(tmp_path / "cache")
+    calls, real_compute_cad = [], circuits.compute_cad
+
+    def counting_compute_cad(*args, **kwargs):
+        calls.append(1)
+        return real_compute_cad(*args, **kwargs)
+
+    monkeypatch.setattr(circuits, "compute_cad", counting_compute_cad)
+    certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=cache)
+    certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=cache)
+    assert len(calls) == 1
+    attr = bundle.mcq["forget_attr"]
+    length = lambda text: len(base.tokenizer(text).input_ids)  # noqa: E731
+    refit = []
+    for it in attr:  # another item's corrupt question of the same token length: a different, still valid refit
+        other = next((o.corrupt for o in attr if o.corrupt != it.corrupt and length(o.corrupt) == length(it.corrupt)),
+                     it.corrupt)
+        refit.append(MCQItem(it.id, it.question, it.choices, it.answer, it.subject, {**it.extra, "corrupt": other}))
+    assert any(r.corrupt != it.corrupt for r, it in zip(refit, attr))
+    changed = dataclasses.replace(bundle, mcq={**bundle.mcq, "forget_attr": tuple(refit)})
+    certify_module.certify(base, cand, changed, quantizers=(), policy=FAST, cache=cache)
+    assert len(calls) == 2
+
+
+def test_cad_without_usable_items_is_one_clear_error(pair, tmp_path):
+    """Corrupt prompts of another length than the clean ones leave CAD nothing to compare: InputError, not a crash."""
+    from mansu_audit.data import MCQItem
+
+    base, cand = pair
+    bundle = small_bundle(tmp_path / "bundle", n=8)
+    bad = tuple(MCQItem(it.id, it.question, it.choices, it.answer, it.subject,
+                        {**it.extra, "corrupt": it.question + " and much more text here"})
+                for it in bundle.mcq["forget_attr"])
+    bundle = dataclasses.replace(bundle, mcq={**bundle.mcq, "forget_attr": bad})
+    with pytest.raises(InputError, match="CAD on forget_attr impossible"):
+        certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=NoCache())

@@ -228,12 +228,13 @@ def test_chat_template_on_without_template_is_one_clear_error(pair, small):
 
 
 def test_cli_loading_options_reach_the_evaluation(capsys):
-    """`evaluate --device cpu --dtype float32 --batch-size 7 --chat-template off` runs and reports plain prompts."""
-    code = main(["evaluate", "--model", "reference", "--device", "cpu", "--dtype", "float32", "--batch-size", "7",
-                 "--chat-template", "off", "--bootstrap", "200", "--json"])
-    assert code == 0
+    """`evaluate --device cpu --dtype bfloat16 --batch-size 7 --chat-template off`: each option reaches the run."""
     import json
 
+    code = main(["evaluate", "--model", "reference", "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "7",
+                 "--chat-template", "off", "--bootstrap", "200", "--json"])
+    assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["prompting"] == {"mode": "off", "applied": False, "template_sha256": None}
-    assert out["results"]["fp32"]["forget_eval"]["accuracy"] > 0.9
+    assert out["dtype"] == "bfloat16" and out["batch_size"] == 7
+    assert out["results"]["fp32"]["forget_eval"]["accuracy"] > 0.9  # the memorised facts survive bf16

@@ -186,3 +186,22 @@ def test_policy_file_overrides_and_rejects(tmp_path):
         load_policy(p)
     with pytest.raises(InputError, match="not found"):
         load_policy(tmp_path / "missing.yaml")
+
+
+def test_chance_is_each_splits_mean_of_one_over_k():
+    """A 2-choice retain split has chance 0.5: accuracy 0.5 there is at chance even though 4-choice forget's is 0.25."""
+    rng = np.random.default_rng(5)
+    n = 400
+    forget = {k: make_result("forget_eval", rng.random(n) < 0.9) for k in
+              ("base/fp32", "base/nf4", "candidate/nf4")}
+    forget["candidate/fp32"] = make_result("forget_eval", rng.random(n) < 0.3)
+    keys = ("base/fp32", "base/nf4", "candidate/fp32", "candidate/nf4")
+    retain = {k: make_result("retain_eval", rng.random(n) < (0.95 if k.startswith("base") else 0.5), k=2)
+              for k in keys}
+    assert forget["base/fp32"].chance == 0.25 and retain["base/fp32"].chance == 0.5
+    a = assess(forget, retain, ["nf4"], Policy(bootstrap_replicates=2000, max_retain_drop=1.0), cad=est(0.9, 0.7, 1.1))
+    assert a.chance == 0.25
+    assert any("retain accuracy at chance" in g and "0.50" in g for g in a.guard) and a.overall == FAIL
+    mixed = make_result("x", np.ones(4, bool))
+    mixed.logprobs[0, 3] = -np.inf  # item 0 has 3 choices
+    assert mixed.num_choices.tolist() == [3, 4, 4, 4] and np.isclose(mixed.chance, (1 / 3 + 3 / 4) / 4)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import tiny_llama
 from mansu_audit.cli import main
@@ -370,6 +370,9 @@ def test_gguf_file_is_dequantized_exactly(tmp_path, ref_tokenizer):
     with torch.no_grad():
         assert torch.allclose(loaded.model(ids).logits, rebuilt(ids).logits, atol=1e-5)
     loaded.model.save_pretrained(tmp_path / "resaved")  # a fresh model: saving works
+    from mansu_audit.loaders import model_file_map
+
+    assert model_file_map(tmp_path / "tiny.gguf") == loaded.files  # what `verify` re-hashes
 
 
 def test_embedding_lora_and_modules_to_save(tmp_path, base_dir):
@@ -391,3 +394,32 @@ def test_embedding_lora_and_modules_to_save(tmp_path, base_dir):
     assert torch.allclose(delta, 2.0 * (b @ a).T, atol=1e-5)
     assert torch.equal(merged.model.lm_head.weight, head)
     assert any("1 tensors replaced (modules_to_save)" in n for n in merged.notes)
+
+
+def test_verify_an_adapter_certificate(tmp_path, base_dir):
+    """`verify` rebuilds an adapter's file map (base/ + adapter/) and names the file that changed."""
+    from test_cache import small_bundle
+
+    from mansu_audit.cache import NoCache
+    from mansu_audit.certificate import verify_certificate
+    from mansu_audit.certify import certify
+    from mansu_audit.loaders import model_file_map
+    from mansu_audit.policy import Policy
+
+    adapter = tmp_path / "adapter"
+    write_adapter(adapter, load_model(base_dir).model, base_name=str(base_dir))
+    assert model_file_map(adapter) == load_model(adapter).files
+    bundle = small_bundle(tmp_path / "bundle", n=8)
+    certify(str(base_dir), str(adapter), bundle, quantizers=(), policy=Policy(bootstrap_replicates=200), cad=None,
+            cache=NoCache(), out=tmp_path / "cert")
+    cert = tmp_path / "cert" / "certificate.json"
+    record = json.loads(cert.read_text())["body"]["models"]["candidate"]
+    assert "adapter/adapter_model.safetensors" in record["files"] and any("merged over base" in n
+                                                                          for n in record["notes"])
+    assert verify_certificate(cert) == []
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] * 2
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    changes = verify_certificate(cert)
+    assert len(changes) == 1 and "adapter/adapter_model.safetensors" in changes[0] and "weights" in changes[0]

@@ -50,6 +50,11 @@ def test_pickle_refused_unless_allowed(tiny_dir):
     assert load_model(tiny_dir, allow_pickle=True).model is not None
 
 
+def test_allow_pickle_still_loads_safetensors_folders():
+    """--allow-pickle widens what loads; a safetensors checkpoint must load with it too."""
+    assert load_model("reference", allow_pickle=True).model.config.num_hidden_layers == 4
+
+
 def test_nan_weights_rejected(tiny_dir):
     from safetensors.torch import load_file, save_file
 

@@ -65,11 +65,12 @@ def signed_circuit_sums(scores: np.ndarray, mask: np.ndarray, signs: np.ndarray)
 
 
 def _cad_estimate(base: np.ndarray, cand: np.ndarray, circuit: Circuit, signs: np.ndarray, B: int,
-                  seed: int) -> tuple[Estimate, float, float]:
+                  seed: int, level: float = 0.95, ci_method: str = "percentile") -> tuple[Estimate, float, float]:
     mask = circuit.neuron_mask().numpy()
     y = signed_circuit_sums(base, mask, signs)
     x = signed_circuit_sums(cand, mask, signs)
-    est = paired_bootstrap({"base": y, "cand": x}, {"cad": lambda m: 1.0 - m["cand"] / m["base"]}, B=B, seed=seed)
+    est = paired_bootstrap({"base": y, "cand": x}, {"cad": lambda m: 1.0 - m["cand"] / m["base"]}, B=B, seed=seed,
+                           level=level, method=ci_method)
     return est["cad"], float(y.mean()), float(x.mean())
 
 
@@ -86,15 +87,16 @@ def _aligned(base: Attribution, cand: Attribution) -> tuple[np.ndarray, np.ndarr
 
 
 def cad_from_attributions(base: Attribution, candidate: Attribution, circuit: Circuit, *,
-                          random_control: Circuit, B: int = DEFAULT_B, seed: int = 0) -> CADResult:
+                          random_control: Circuit, B: int = DEFAULT_B, seed: int = 0, level: float = 0.95,
+                          ci_method: str = "percentile") -> CADResult:
     """CAD of `candidate` relative to `base` on a circuit fixed from the base model."""
     b_scores, c_scores, skipped = _aligned(base, candidate)
     if len(b_scores) == 0:
         raise ValueError("no items usable by both models")
     base_mean = b_scores.mean(0)  # [L, F]
     signs = np.sign(base_mean)
-    cad, mass_base, mass_cand = _cad_estimate(b_scores, c_scores, circuit, signs, B, seed)
-    rnd, _, _ = _cad_estimate(b_scores, c_scores, random_control, signs, B, seed)
+    cad, mass_base, mass_cand = _cad_estimate(b_scores, c_scores, circuit, signs, B, seed, level, ci_method)
+    rnd, _, _ = _cad_estimate(b_scores, c_scores, random_control, signs, B, seed, level, ci_method)
     cand_mean = c_scores.mean(0)
     u, v = base_mean.ravel().astype(np.float64), cand_mean.ravel().astype(np.float64)
     denom = np.linalg.norm(u) * np.linalg.norm(v)
@@ -111,7 +113,8 @@ def cad_from_attributions(base: Attribution, candidate: Attribution, circuit: Ci
 def compute_cad(base_model: torch.nn.Module, candidate_model: torch.nn.Module, tokenizer,
                 items: Sequence[MCQItem], *, circuit_frac: float = 0.01, steps: int = 5, B: int = DEFAULT_B,
                 seed: int = 0, circuit: Circuit | None = None, base_attribution: Attribution | None = None,
-                method: str = "eap-ig", batch_size: int = 16, progress: bool = False) -> CADResult:
+                method: str = "eap-ig", batch_size: int = 16, level: float = 0.95, ci_method: str = "percentile",
+                progress: bool = False) -> CADResult:
     """CAD of `candidate_model` against `base_model` on `items` (forget_attr), with bootstrap CI.
 
     The circuit is selected from the base attribution unless `circuit` is given;
@@ -126,4 +129,5 @@ def compute_cad(base_model: torch.nn.Module, candidate_model: torch.nn.Module, t
     cand_attribution = attribute(candidate_model, tokenizer, items, steps=steps, method=method,
                                  batch_size=batch_size, progress=progress)
     control = random_circuit(base_model, same_size_as=circuit, seed=seed)
-    return cad_from_attributions(base_attribution, cand_attribution, circuit, random_control=control, B=B, seed=seed)
+    return cad_from_attributions(base_attribution, cand_attribution, circuit, random_control=control, B=B, seed=seed,
+                                 level=level, ci_method=ci_method)

@@ -4,6 +4,22 @@ from __future__ import annotations
 import argparse
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for seeds: numpy refuses negative ones (argparse reports the bad value in one line)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as bootstrap replicates."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def parse_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mansu_audit.commands._common import add_model_args, parse_list
+from mansu_audit.commands._common import add_model_args, non_negative_int, parse_list, positive_int
 from mansu_audit.stats import DEFAULT_B
 
 NAME = "cad"
@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--circuit-frac", type=float, default=0.01, help="circuit size as a fraction of MLP parameters")
     p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default %(default)s)")
     p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig")
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the random circuit")
+    p.add_argument("--bootstrap", type=positive_int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap and the random circuit")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_model_args(p)

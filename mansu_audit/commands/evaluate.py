@@ -5,7 +5,8 @@ import argparse
 import json
 
 from mansu_audit.api import evaluate
-from mansu_audit.commands._common import add_loading_args, add_model_args, dtype_arg, parse_list
+from mansu_audit.commands._common import (add_loading_args, add_model_args, dtype_arg, non_negative_int, parse_list,
+                                         positive_int)
 from mansu_audit.stats import DEFAULT_B
 
 NAME = "evaluate"
@@ -16,8 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="'reference' or a local Hugging Face causal-LM folder")
     p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
     p.add_argument("--quantizers", default="", help="comma list, e.g. nf4,gptq,int8 (fp32 is always included)")
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--bootstrap", type=positive_int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_model_args(p)
     add_loading_args(p)
