@@ -100,9 +100,8 @@ def resolve_benchmark(name_or_path: str | Path) -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise InputError("split file not found", path)
+def read_jsonl_objects(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; bad JSON or a non-object is one InputError line."""
     rows = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -115,6 +114,13 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 raise InputError("expected a JSON object", path, lineno)
             rows.append((lineno, obj))
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise InputError("split file not found", path)
+    rows = read_jsonl_objects(path)
     if not rows:
         raise InputError("split is empty", path)
     return rows

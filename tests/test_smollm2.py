@@ -219,6 +219,14 @@ def test_unlearn_and_certify(smol, smol_bundle, tmp_path):
                        batch_size=16)
     assert (tmp_path / "cert" / "certificate.json").is_file()
     assert cert.verdict in ("PASS", "FAIL", "INCONCLUSIVE")
+    body = cert.body
+    assert body["prompting"]["applied"] is True  # an instruct model: --chat-template auto wraps the prompts
+    for split in ("forget_eval", "retain_eval"):
+        per = body["per_item"][split]
+        assert len(per["ids"]) == len(smol_bundle.split(split))
+        assert set(per["predictions"]) == {"base/fp32", "base/nf4", "candidate/fp32", "candidate/nf4"}
+    assert len(body["models"]["candidate"]["tokenizer_sha256"]) == 64  # in-memory candidate: tokenizer hashed
+    assert list(body["models"]["base"]["files"]) == [gguf_path().name]  # the GGUF file itself is hashed
     def brief(d):
         est = d.get("estimate") if isinstance(d, dict) else None
         if not isinstance(est, dict):

@@ -25,10 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def format_table(result) -> str:
-    rows = [f"{'quantizer':<14}{'split':<14}{'n':>6}{'accuracy':>10}   95% CI"]
+    width = max(len("quantizer"), *(len(q) for q in result.scores)) + 2
+    rows = [f"{'quantizer':<{width}}{'split':<14}{'n':>6}{'accuracy':>10}   95% CI"]
     for q, splits in result.scores.items():
         for s, sc in splits.items():
-            rows.append(f"{q:<14}{s:<14}{sc.result.n:>6}{sc.accuracy.point:>10.3f}   "
+            rows.append(f"{q:<{width}}{s:<14}{sc.result.n:>6}{sc.accuracy.point:>10.3f}   "
                         f"[{sc.accuracy.low:.3f}, {sc.accuracy.high:.3f}]")
     return "\n".join(rows)
 

@@ -66,19 +66,9 @@ class Table:
 # --------------------------------------------------------------------------- reading
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"bad JSON: {exc.msg} (column {exc.colno})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError("expected a JSON object per line", path, lineno)
-            rows.append(obj)
-    return rows
+    from mansu_audit.data import read_jsonl_objects
+
+    return [obj for _, obj in read_jsonl_objects(path)]
 
 
 def _read_json(path: Path) -> list[dict]:
