@@ -85,6 +85,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from `path`; a missing file, bad JSON or a non-object is one `InputError` line."""
+    from mansu_audit.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not a JSON {what}: {exc}", path) from None
+    if not isinstance(data, dict):
+        raise InputError(f"{what} is not a JSON object", path)
+    return data
+
+
 class ResultCache:
     """JSON entries under `root`, addressed by `key(...)`. Unreadable entries count as misses."""
 

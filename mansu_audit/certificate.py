@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
-from mansu_audit.cache import atomic_write_bytes, canonical_json
+from mansu_audit.cache import atomic_write_bytes, canonical_json, read_json_object
 from mansu_audit.errors import InputError
 
 SCHEMA_NAME = "mansu-audit-certificate"
@@ -98,13 +98,8 @@ def now_utc() -> str:
 def read_document(path: str | Path) -> dict:
     """The raw certificate JSON (no checks beyond being a JSON object with a body)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("certificate not found", path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a JSON certificate: {exc}", path) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("body"), dict):
+    doc = read_json_object(path, "certificate")
+    if not isinstance(doc.get("body"), dict):
         raise InputError("not a mansu-audit certificate (no 'body' object)", path)
     if doc.get("schema") != SCHEMA_NAME:
         raise InputError(f"not a mansu-audit certificate (schema {doc.get('schema')!r})", path)

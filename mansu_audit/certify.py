@@ -138,16 +138,16 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     items = {s: mcq_items_sha256(bundle.split(s)) for s in EVAL_SPLITS}
     calibration = sha256_json(bundle.texts("retain_corpus")) if "retain_corpus" in bundle.corpus else None
     hashes = {role: model_content_sha256(m) for role, m in models.items()}
+    prompting = {role: chat_template_record(m.tokenizer, chat_template) for role, m in models.items()}
+    prompt_fns = {role: chat_prompt_fn(m.tokenizer, chat_template) for role, m in models.items()}
     results: dict[str, dict[str, MCQResult]] = {s: {} for s in EVAL_SPLITS}
     settings: dict[str, dict] = {}
     for variant in (FULL_PRECISION, *quantizers):
         for role, model in models.items():
-            prompting = chat_template_record(model.tokenizer, chat_template)
-            prompt_fn = chat_prompt_fn(model.tokenizer, chat_template)
             keys = {s: ResultCache.key("mcq-eval", {
                 "model": hashes[role], "variant": variant, "split": s, "items": items[s], "code": code,
                 "calibration": None if variant == FULL_PRECISION else calibration, "batch_size": batch_size,
-                "prompting": prompting, "subject_line": bundle.subject_line, **runtime_record(model.model)})
+                "prompting": prompting[role], "subject_line": bundle.subject_line, **runtime_record(model.model)})
                 for s in EVAL_SPLITS}
             cached = {s: cache.get(k) for s, k in keys.items()}
             evaluated = model.model
@@ -163,7 +163,8 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 if entry is None:
                     _log(progress, f"evaluating {key} on {split}")
                     res = batcher.evaluate(evaluated, model.tokenizer, bundle.split(split), split=split,
-                                           prompt_fn=prompt_fn, subject_line=bundle.subject_line, progress=progress)
+                                           prompt_fn=prompt_fns[role], subject_line=bundle.subject_line,
+                                           progress=progress)
                     entry = {"result": res.to_dict(),
                              "quantizer_settings": settings.get(variant) if variant != FULL_PRECISION else None}
                     cache.put(keys[split], entry)
@@ -339,16 +340,18 @@ def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, Loa
 
 def as_model(spec: str | Path | LoadedModel, *, device: str = "cpu", dtype: "str | torch.dtype | None" = None,
              allow_pickle: bool = False) -> LoadedModel:
-    """A LoadedModel as given, or loaded from a name/folder/file under the device plan."""
+    """A LoadedModel as given, or loaded from a name/folder/file under the device plan.
+
+    `dtype` None or "auto": float32 on CPU, bf16 on a GPU (`loaders.plan_device`).
+    """
     if isinstance(spec, LoadedModel):
         return spec
-    import torch
+    from mansu_audit.loaders import plan_device
 
-    from mansu_audit.loaders import DTYPES
-
-    resolved = dtype if dtype is not None else ("auto" if device == "auto" else torch.float32)
-    resolved = DTYPES.get(resolved, resolved) if isinstance(resolved, str) else resolved
-    return load_model(spec, device=device, dtype=resolved, allow_pickle=allow_pickle)
+    dtype = "auto" if dtype is None else dtype
+    if device != "auto":  # resolve here; with device "auto" the loader plans device and dtype together
+        dtype = plan_device(device, dtype).dtype
+    return load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
 
 
 def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,

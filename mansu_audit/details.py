@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mansu_audit.cache import ResultCache, atomic_write_bytes, files_sha256, mcq_items_sha256
+from mansu_audit.cache import ResultCache, atomic_write_bytes, files_sha256, mcq_items_sha256, read_json_object
 from mansu_audit.data import Bundle
 from mansu_audit.models import LoadedModel
 
@@ -120,17 +120,7 @@ def write_details(out_dir: str | Path, details: dict, run: dict | None = None) -
 
 def read_details(out_dir: str | Path) -> dict | None:
     path = Path(out_dir) / DETAILS_FILE
-    if not path.is_file():
-        return None
-    from mansu_audit.errors import InputError
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a JSON details file: {exc}", path) from None
-    if not isinstance(data, dict):
-        raise InputError("details file is not a JSON object", path)
-    return data
+    return read_json_object(path, "details file") if path.is_file() else None
 
 
 def details_sha256(out_dir: str | Path) -> str | None:

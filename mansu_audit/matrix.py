@@ -38,7 +38,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mansu_audit.cache import NoCache, ResultCache, atomic_write_bytes, files_sha256, sha256_json
+from mansu_audit.cache import (NoCache, ResultCache, atomic_write_bytes, files_sha256, read_json_object,
+                               sha256_json)
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.errors import InputError
 from mansu_audit.models import LoadedModel, load_model
@@ -323,15 +324,9 @@ def read_results(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / MATRIX_FILE
-    if not path.is_file():
-        raise InputError("matrix results file not found", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a JSON file: {exc}", path) from None
-    if not isinstance(data, dict) or data.get("schema") != MATRIX_SCHEMA:
-        raise InputError(f"not a mansu-audit matrix file (schema {data.get('schema') if isinstance(data, dict) else None!r})",
-                         path)
+    data = read_json_object(path, "matrix results file")
+    if data.get("schema") != MATRIX_SCHEMA:
+        raise InputError(f"not a mansu-audit matrix file (schema {data.get('schema')!r})", path)
     if data.get("schema_version") != MATRIX_SCHEMA_VERSION:
         raise InputError(f"unsupported matrix schema version {data.get('schema_version')!r}", path)
     if not isinstance(data.get("cells"), list) or not isinstance(data.get("pooled"), dict):

@@ -65,6 +65,19 @@ def _legend(names: Sequence[str], x: float, y: float) -> list[str]:
     return out
 
 
+def _frame(title: str, gridlines: Sequence[tuple[float, str]], left: float, top: float, pw: float, ph: float,
+           y_label: str) -> list[str]:
+    """Title, horizontal gridlines with tick labels (pixel y, text) and the rotated y-axis label."""
+    body = [f'<text x="{left}" y="14" font-weight="bold">{escape(title)}</text>']
+    for py, label in gridlines:
+        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{py:.1f}" y2="{py:.1f}" stroke="#e5e5e5"/>'
+                    f'<text x="{left - 6}" y="{py + 4:.1f}" text-anchor="end">{label}</text>')
+    if y_label:
+        body.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
+                    f'{escape(y_label)}</text>')
+    return body
+
+
 def interval_chart(groups: Sequence[str], series: dict[str, Sequence[Interval]], *, title: str,
                    y_label: str = "", y_range: tuple[float, float] | None = None,
                    reference_lines: Sequence[tuple[float, str]] = (), width: int = 640, height: int = 260) -> Markup:
@@ -85,17 +98,11 @@ def interval_chart(groups: Sequence[str], series: dict[str, Sequence[Interval]],
     def y(v: float) -> float:
         return top + ph * (1 - (v - lo) / (hi - lo))
 
-    body = [f'<text x="{left}" y="14" font-weight="bold">{escape(title)}</text>']
-    for t in ticks:
-        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e5e5e5"/>'
-                    f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    body = _frame(title, [(y(t), _fmt(t)) for t in ticks], left, top, pw, ph, y_label)
     for v, label in reference_lines:
         body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#555" '
                     f'stroke-dasharray="4 3"/><text x="{left + pw + 4}" y="{y(v) + 4:.1f}" fill="#555">'
                     f'{escape(label)}</text>')
-    if y_label:
-        body.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
-                    f'{escape(y_label)}</text>')
     n_groups, n_series = max(len(groups), 1), max(len(series), 1)
     slot = pw / n_groups
     for g, name in enumerate(groups):
@@ -155,14 +162,7 @@ def bar_chart(categories: Sequence[str], series: dict[str, Sequence[float | None
     def y(v: float) -> float:
         return top + ph * (1 - (v - lo) / (hi - lo))
 
-    body = [f'<text x="{left}" y="14" font-weight="bold">{escape(title)}</text>']
-    for t in ticks:
-        label = f"1e{t}" if log_y else _fmt(t)
-        body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e5e5e5"/>'
-                    f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{label}</text>')
-    if y_label:
-        body.append(f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">'
-                    f'{escape(y_label)}</text>')
+    body = _frame(title, [(y(t), f"1e{t}" if log_y else _fmt(t)) for t in ticks], left, top, pw, ph, y_label)
     n_cat, n_series = max(len(categories), 1), max(len(series), 1)
     slot = pw / n_cat
     bar = slot * 0.8 / n_series

@@ -46,12 +46,3 @@ def parse_batch_size(text: str) -> int | None:
     if value < 1:
         raise ValueError(text)
     return value
-
-
-def dtype_arg(args: argparse.Namespace):
-    """`--dtype` for `load_model`: as given, or 'auto' resolved for an explicit device (bf16 on CUDA, else fp32)."""
-    if args.dtype != "auto" or args.device == "auto":
-        return args.dtype
-    from mansu_audit.loaders import plan_device
-
-    return plan_device(args.device, "auto").dtype

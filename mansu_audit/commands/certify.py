@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mansu_audit.commands._common import add_loading_args, add_model_args, dtype_arg, parse_list
+from mansu_audit.commands._common import add_loading_args, add_model_args, parse_list
 
 NAME = "certify"
 HELP = ("certify that a candidate's unlearning is meaningful, keeps retain accuracy and survives quantization; "
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
     cert = certify(args.base, args.candidate, args.benchmark, quantizers=quantizers, policy=args.policy, out=out,
                    cad=None if args.cad == "skip" else "auto", cache=cache, batch_size=args.batch_size,
-                   allow_pickle=args.allow_pickle, device=args.device, dtype=dtype_arg(args),
+                   allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype,
                    chat_template=args.chat_template, progress=not args.quiet)
     body = cert.body
     print(f"base {args.base}  candidate {args.candidate}  benchmark {body['benchmark']['name']}  "

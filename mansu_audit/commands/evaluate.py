@@ -5,7 +5,7 @@ import argparse
 import json
 
 from mansu_audit.api import evaluate
-from mansu_audit.commands._common import (add_loading_args, add_model_args, dtype_arg, non_negative_int, parse_list,
+from mansu_audit.commands._common import (add_loading_args, add_model_args, non_negative_int, parse_list,
                                          positive_int)
 from mansu_audit.stats import DEFAULT_B
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from mansu_audit.data import load_bundle
 
     bundle = load_bundle(args.benchmark)  # cheap checks first: a bad file fails before the model loads
-    model = as_loaded(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=dtype_arg(args))
+    model = as_loaded(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,
                       seed=args.seed, batch_size=args.batch_size, chat_template=args.chat_template,
                       progress=not args.json)
