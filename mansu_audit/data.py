@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mansu_audit.errors import InputError
+from mansu_audit.resources import bundled_data_dir
 
 MCQ_SPLITS = ("forget_eval", "retain_eval", "forget_attr")
 CORPUS_SPLITS = ("forget_corpus", "retain_corpus")
 REQUIRED_SPLITS = ("forget_eval", "retain_eval")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_DATA = REPO_ROOT / "benchmarks_data"
+BUNDLED_DATA = bundled_data_dir()
 BUNDLED_BENCHMARKS = {"synthhazard": BUNDLED_DATA / "synthhazard"}
 
 

@@ -42,6 +42,7 @@ from mansu_audit.cache import (NoCache, ResultCache, atomic_write_bytes, files_s
                                sha256_json)
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.errors import InputError
+from mansu_audit.resources import methods_dir
 from mansu_audit.models import LoadedModel, load_model
 
 MATRIX_SCHEMA = "mansu-audit-matrix"
@@ -51,7 +52,6 @@ MATRIX_HTML = "matrix.html"
 DEFAULT_TOLERANCE = 0.02
 GATED_STATISTICS = ("D_F", "D_R", "G_Q", "CAD")  # families the baseline gate checks (accuracies are reported only)
 SEVERITY = {"PASS": 0, "NOT COMPUTED": 1, "INCONCLUSIVE": 1, "FAIL": 2}
-METHODS_DIR = Path(__file__).resolve().parents[1] / "methods"
 
 
 def _log(progress: bool, message: str) -> None:
@@ -62,7 +62,7 @@ def _log(progress: bool, message: str) -> None:
 def methods_code_sha256() -> str:
     """Hash of the bundled methods and the code they call (a change retrains)."""
     pkg = Path(__file__).resolve().parent
-    paths = [*sorted(METHODS_DIR.glob("*.py")), *sorted((pkg / "circuits").glob("*.py")), pkg / "unlearn.py",
+    paths = [*sorted(methods_dir().glob("*.py")), *sorted((pkg / "circuits").glob("*.py")), pkg / "unlearn.py",
              *sorted((pkg / "quantizers").glob("*.py"))]
     return files_sha256(p for p in paths if p.is_file())
 
@@ -81,7 +81,7 @@ def checkpoint_store(cache: ResultCache, out: Path) -> Path:
 def unlearned_checkpoint(method: str, seed: int, overrides: Sequence[str], base: LoadedModel, bundle: Bundle,
                          store: Path, *, device: str = "cpu", progress: bool = False) -> tuple[Path, dict]:
     """The unlearned checkpoint of (method, settings, seed) on `base`; trained only if not stored yet."""
-    from methods.base import parse_overrides, settings_dict
+    from mansu_audit.methods.base import parse_overrides, settings_dict
 
     from mansu_audit.cache import state_dict_sha256
     from mansu_audit.unlearn import RECORD_NAME, resolve_method, unlearn
@@ -237,7 +237,7 @@ class MatrixRun:
 
 def check_inputs(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequence[int]) -> None:
     """Refuse unknown methods/quantizers and bad seeds before any long stage."""
-    from methods import get_method
+    from mansu_audit.methods import get_method
 
     from mansu_audit.certify import check_quantizers
 

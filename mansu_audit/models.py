@@ -20,6 +20,7 @@ from mansu_audit.errors import InputError
 BUNDLED_MODELS = {
     "reference": BUNDLED_DATA / "reference-model",
     "reference-nf4grid": BUNDLED_DATA / "reference-nf4grid",
+    "reference-oracle": BUNDLED_DATA / "reference-oracle",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",

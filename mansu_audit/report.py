@@ -25,9 +25,10 @@ from typing import Sequence
 from mansu_audit.cache import atomic_write_bytes
 from mansu_audit.certificate import CERTIFICATE_FILE, RESULTS_FILE, Certificate, read_certificate
 from mansu_audit.errors import InputError
+from mansu_audit.resources import templates_dir
 
 REPORT_FILE = "index.html"
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "reports" / "templates"
+TEMPLATE_DIR = templates_dir()
 VERDICT_ORDER = ("F", "R", "Q", "S")
 DESIDERATUM_TITLES = {"F": "meaningful forgetting", "R": "retain preservation",
                       "Q": "non-positive PTQ gap (worst quantizer)", "S": "structural erasure (CAD)"}

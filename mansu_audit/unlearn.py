@@ -31,7 +31,7 @@ RECORD_VERSION = 1
 
 def resolve_method(method: str | type | Any):
     """A method instance from a registry name, `file.py:Class`, a class or an instance."""
-    from methods import get_method
+    from mansu_audit.methods import get_method
 
     if isinstance(method, str):
         return get_method(method)()
@@ -118,7 +118,7 @@ def unlearn(method: str | type | Any, model: str | Path | LoadedModel, benchmark
     `Settings`. Returns the method's `UnlearnResult` (its `.model` is θu).
     """
     from mansu_audit.api import as_bundle, as_loaded
-    from methods.base import UnlearnContext, parse_overrides
+    from mansu_audit.methods.base import UnlearnContext, parse_overrides
 
     instance = resolve_method(method)
     settings = parse_overrides(instance.Settings, overrides)

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mansu_audit.errors import InputError
-from methods.base import MethodSettings, UnlearnContext, UnlearningMethod, UnlearnResult
+from mansu_audit.methods.base import MethodSettings, UnlearnContext, UnlearningMethod, UnlearnResult
 
 ENTRY_POINT_GROUP = "mansu_audit.methods"
 BUILTIN_MODULES = ("ga", "surgical_ga", "graddiff", "npo", "simnpo", "rmu", "sure", "gu_simnpo", "lunar", "mansu")
@@ -66,9 +66,9 @@ def _load_all() -> None:
     _loaded = True
     for mod in BUILTIN_MODULES:
         try:
-            importlib.import_module(f"methods.{mod}")
+            importlib.import_module(f"mansu_audit.methods.{mod}")
         except ModuleNotFoundError as exc:  # a bundled module not written yet (e.g. during development)
-            if exc.name != f"methods.{mod}":
+            if exc.name != f"mansu_audit.methods.{mod}":
                 raise
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if _key(ep.name) in _REGISTRY:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import register_method
-from methods.base import Method, MethodSettings
-from methods.loop import (Batch, all_parameters, config_from_settings, data_from_settings, result_from_report,
+from mansu_audit.methods import register_method
+from mansu_audit.methods.base import Method, MethodSettings
+from mansu_audit.methods.loop import (Batch, all_parameters, config_from_settings, data_from_settings, result_from_report,
                           sequence_nll, train_loop)
-from methods.simnpo import simnpo_terms
+from mansu_audit.methods.simnpo import simnpo_terms
 
 
 def project_out(forget: dict[str, torch.Tensor], spanning: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -448,7 +448,7 @@ def result_from_report(method, model: torch.nn.Module, report: LoopReport, setti
     """An `UnlearnResult` carrying the loop summary (first/last loss terms) plus method diagnostics."""
     import dataclasses
 
-    from methods.base import UnlearnResult
+    from mansu_audit.methods.base import UnlearnResult
 
     diag = {"loop": report.summary()}
     diag.update(diagnostics or {})

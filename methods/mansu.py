@@ -52,10 +52,10 @@ from dataclasses import dataclass
 
 import torch
 
-from methods import register_method
-from methods.base import FORGET_SOURCES, Method, MethodSettings, UnlearnContext, UnlearnResult, choice, settings_dict
-from methods.loop import (LoopConfig, UnlearnData, collate, kl_to_reference, sequence_nll, train_loop)
-from methods import mansu_geometry as geo
+from mansu_audit.methods import register_method
+from mansu_audit.methods.base import FORGET_SOURCES, Method, MethodSettings, UnlearnContext, UnlearnResult, choice, settings_dict
+from mansu_audit.methods.loop import (LoopConfig, UnlearnData, collate, kl_to_reference, sequence_nll, train_loop)
+from mansu_audit.methods import mansu_geometry as geo
 
 CIRCUITS = ("eap-ig", "random")
 PROJECTIONS = ("circuit", "global", "none")

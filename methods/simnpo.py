@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from methods import register_method
-from methods.base import Method, MethodSettings
-from methods.loop import (all_parameters, config_from_settings, data_from_settings, result_from_report,
+from mansu_audit.methods import register_method
+from mansu_audit.methods.base import Method, MethodSettings
+from mansu_audit.methods.loop import (all_parameters, config_from_settings, data_from_settings, result_from_report,
                           sequence_logprobs, sequence_nll, train_loop)
 
 

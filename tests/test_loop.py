@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from methods.gu_simnpo import project_out
-from methods.loop import (IGNORE, LoopConfig, SequenceSampler, UnlearnData, column_mask, corpus_sequences,
+from mansu_audit.methods.gu_simnpo import project_out
+from mansu_audit.methods.loop import (IGNORE, LoopConfig, SequenceSampler, UnlearnData, column_mask, corpus_sequences,
                           mcq_sequences, row_mask, sequence_nll, train_loop)
 from mansu_audit.prompts import LETTERS
 

@@ -9,10 +9,10 @@ import torch
 
 from conftest import tiny_llama
 from mansu_audit.data import Bundle
-from methods import get_method
-from methods.base import UnlearnContext, parse_overrides
-from methods.loop import collate, corpus_sequences, forget_sequences, sequence_nll
-from methods.mansu import MansuSettings
+from mansu_audit.methods import get_method
+from mansu_audit.methods.base import UnlearnContext, parse_overrides
+from mansu_audit.methods.loop import collate, corpus_sequences, forget_sequences, sequence_nll
+from mansu_audit.methods.mansu import MansuSettings
 
 
 def small_bundle(bundle: Bundle, n_retain: int = 3, n_attr: int = 12, n_forget: int = 24) -> Bundle:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods import mansu_geometry as geo
+from mansu_audit.methods import mansu_geometry as geo
 from conftest import tiny_llama
 
 

@@ -13,9 +13,9 @@ from mansu_audit.cli import main
 from mansu_audit.errors import InputError
 from mansu_audit.models import load_model, model_from_objects
 from mansu_audit.unlearn import unlearn
-from methods import available_methods, get_method, register_method
-from methods.base import MethodSettings, UnlearnContext, parse_overrides
-from methods.loop import LoopConfig, UnlearnData, collate, corpus_sequences, sequence_nll, train_loop
+from mansu_audit.methods import available_methods, get_method, register_method
+from mansu_audit.methods.base import MethodSettings, UnlearnContext, parse_overrides
+from mansu_audit.methods.loop import LoopConfig, UnlearnData, collate, corpus_sequences, sequence_nll, train_loop
 
 BASELINES = ("ga", "surgical-ga", "graddiff", "npo", "simnpo", "rmu", "sure", "gu-simnpo", "lunar")
 # 2-layer test models: layer indices must fit; SimNPO's β is for memorised data (per-token NLL ≪ 1), the
@@ -140,8 +140,8 @@ def test_methods_command_lists_defaults(capsys):
 
 THIRD_PARTY = '''
 from dataclasses import dataclass
-from methods.base import Method, MethodSettings
-from methods.loop import all_parameters, config_from_settings, data_from_settings, result_from_report, sequence_nll, train_loop
+from mansu_audit.methods.base import Method, MethodSettings
+from mansu_audit.methods.loop import all_parameters, config_from_settings, data_from_settings, result_from_report, sequence_nll, train_loop
 
 class Halve(Method):
     """A third-party method: gradient ascent with a custom knob."""
@@ -244,7 +244,7 @@ def test_reference_nf4grid_sits_on_the_nf4_grid():
 
 
 def test_entry_point_methods_are_registered(tmp_path, monkeypatch):
-    import methods as registry
+    import mansu_audit.methods as registry
     from importlib.metadata import EntryPoint
 
     (tmp_path / "ep_method_pkg.py").write_text(textwrap.dedent(THIRD_PARTY))

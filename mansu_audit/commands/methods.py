@@ -13,8 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from methods import available_methods
-    from methods.base import setting_fields
+    from mansu_audit.methods import available_methods
+    from mansu_audit.methods.base import setting_fields
 
     table = {}
     for name, cls in available_methods().items():
