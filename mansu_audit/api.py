@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mansu_audit.batching import AutoBatch
 from mansu_audit.data import MCQ_SPLITS, Bundle, load_bundle
 from mansu_audit.evaluate import MCQResult
-from mansu_audit.models import LoadedModel, load_model
+from mansu_audit.loading import LoadedModel, load_model
+from mansu_audit.prompts import chat_prompt_fn, chat_template_record
 from mansu_audit.stats import DEFAULT_B, DEFAULT_SEED, Estimate, accuracy_ci
 
 FULL_PRECISION = "fp32"
@@ -21,7 +23,8 @@ class SplitScore:
 
     def to_dict(self) -> dict:
         return {"n": self.result.n, "accuracy": self.accuracy.point, "ci_low": self.accuracy.low,
-                "ci_high": self.accuracy.high, "B": self.accuracy.B, "seed": self.accuracy.seed}
+                "ci_high": self.accuracy.high, "B": self.accuracy.B, "seed": self.accuracy.seed,
+                **({"truncated": self.result.truncated} if self.result.truncated else {})}
 
 
 @dataclass
@@ -43,14 +46,6 @@ class Evaluation:
                 "results": {q: {s: sc.to_dict() for s, sc in splits.items()} for q, splits in self.scores.items()}}
 
 
-def as_loaded(model: str | Path | LoadedModel, allow_pickle: bool = False, device: str = "cpu",
-              dtype: str | None = None) -> LoadedModel:
-    """A LoadedModel as given, or loaded from a name/folder/file/hub id on `device` (see `certify.as_model`)."""
-    from mansu_audit.certify import as_model
-
-    return as_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
-
-
 def as_bundle(benchmark: str | Path | Bundle) -> Bundle:
     return benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)
 
@@ -58,22 +53,23 @@ def as_bundle(benchmark: str | Path | Bundle) -> Bundle:
 def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "synthhazard", *,
              quantizers: tuple[str, ...] = (), splits: tuple[str, ...] | None = None,
              B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int | None = 64,
-             chat_template: str = "auto", progress: bool = False) -> Evaluation:
+             chat_template: str = "auto", truncate: str | None = None, progress: bool = False) -> Evaluation:
     """Evaluate a model (and its quantized versions) on every MCQ split of a benchmark.
 
     `batch_size=None` chooses it automatically (halving on out-of-memory);
-    `chat_template` (auto|on|off) wraps prompts in the tokenizer's chat template.
+    `chat_template` (auto|on|off) wraps prompts in the tokenizer's chat template;
+    `truncate="left"` cuts prompts longer than the model's context (counted per split as
+    `truncated`) instead of refusing them.
     """
-    from mansu_audit.loaders import AutoBatch, chat_prompt_fn, chat_template_record
-
-    loaded = as_loaded(model)
+    loaded = load_model(model)
     bundle = as_bundle(benchmark)
     prompt_fn = chat_prompt_fn(loaded.tokenizer, chat_template)
     batcher = AutoBatch(start=batch_size)
     names = splits or tuple(s for s in MCQ_SPLITS if s in bundle.mcq)
     chance = float(np.mean([1.0 / len(it.choices) for it in bundle.split(names[0])]))
     out = Evaluation(loaded.name, bundle.name, chance=chance,
-                     prompting=chat_template_record(loaded.tokenizer, chat_template), notes=list(loaded.notes))
+                     prompting={**chat_template_record(loaded.tokenizer, chat_template),
+                                **({"truncate": truncate} if truncate else {})}, notes=list(loaded.notes))
     variants = [(FULL_PRECISION, loaded.model)]
     for qname in dict.fromkeys(q for q in quantizers if q != FULL_PRECISION):
         from mansu_audit.quantizers import quantize_model
@@ -84,7 +80,7 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
         out.scores[qname] = {}
         for split in names:
             res = batcher.evaluate(m, loaded.tokenizer, bundle.split(split), split=split, prompt_fn=prompt_fn,
-                                   subject_line=bundle.subject_line, progress=progress)
+                                   subject_line=bundle.subject_line, progress=progress, truncate=truncate)
             out.scores[qname][split] = SplitScore(res, accuracy_ci(res.correct.astype(np.float64), B=B, seed=seed))
     out.dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     out.batch_size = batcher.batch_size

@@ -6,6 +6,14 @@ its SHA-256 is over canonical JSON (sorted keys, no spaces), so any edit shows.
 The creation time sits outside the body: the same inputs give a byte-identical
 body. The schema (`schemas/certificate.schema.json`, shipped in the package) is
 checked on write and on read, with the `jsonschema` library.
+
+Schema versions: 2 (written now) names the unquantized variant "unquantized"
+(with each model's dtype in `body.unquantized`), stores guard findings as
+records, the required desiderata, per-item choice counts, the random-circuit
+control's CAD and, when the relearning attack ran, K's vectors and statistics.
+Version 1 (variant "fp32", guard findings as text) is still read, verified and
+rendered; `unquantized_label`, `guard_messages` and `guard_records` hide the
+difference from readers.
 """
 from __future__ import annotations
 
@@ -18,11 +26,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
-from mansu_audit.cache import atomic_write_bytes, canonical_json, read_json_object
+from mansu_audit.cache import canonical_json
+from mansu_audit.io import atomic_write_bytes, read_json_object, sha256_file
 from mansu_audit.errors import InputError
 
 SCHEMA_NAME = "mansu-audit-certificate"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 CERTIFICATE_FILE = "certificate.json"
 RESULTS_FILE = "results.json"
 
@@ -55,6 +65,7 @@ class Certificate:
 
     body: dict
     created_utc: str
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def verdict(self) -> str:
@@ -69,7 +80,7 @@ class Certificate:
         return self.body["desiderata"]
 
     def document(self) -> dict:
-        return {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "body_sha256": self.body_sha256,
+        return {"schema": SCHEMA_NAME, "schema_version": self.schema_version, "body_sha256": self.body_sha256,
                 "created_utc": self.created_utc, "body": self.body}
 
     def to_json(self) -> str:
@@ -103,9 +114,9 @@ def read_document(path: str | Path) -> dict:
         raise InputError("not a mansu-audit certificate (no 'body' object)", path)
     if doc.get("schema") != SCHEMA_NAME:
         raise InputError(f"not a mansu-audit certificate (schema {doc.get('schema')!r})", path)
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    if doc.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise InputError(f"unsupported certificate schema version {doc.get('schema_version')!r} "
-                         f"(this suite reads {SCHEMA_VERSION})", path)
+                         f"(this suite reads {', '.join(map(str, READABLE_SCHEMA_VERSIONS))})", path)
     return doc
 
 
@@ -117,7 +128,37 @@ def read_certificate(path: str | Path) -> Certificate:
     errors = schema_errors(doc)
     if errors:
         raise InputError(f"certificate does not match its schema: {errors[0]}", path)
-    return Certificate(doc["body"], doc["created_utc"])
+    return Certificate(doc["body"], doc["created_utc"], doc["schema_version"])
+
+
+def body_schema_version(body: Mapping) -> int:
+    """The schema version a body was written under (2 has the 'unquantized' record)."""
+    from mansu_audit.rederive import schema_version_of
+
+    return schema_version_of(body)
+
+
+def unquantized_label(body: Mapping) -> str:
+    """The variant name of the unquantized model in this body: 'unquantized' (schema 2) or 'fp32' (1)."""
+    from mansu_audit.rederive import unquantized_label as label
+
+    return label(body)
+
+
+def guard_messages(body: Mapping) -> list[str]:
+    """The guard findings as lines of text (schema 1 stored text, schema 2 records)."""
+    return [g if isinstance(g, str) else g["message"] for g in body["guard"]]
+
+
+def guard_records(body: Mapping) -> list:
+    """The guard findings as `GuardFinding`s; a schema-1 body's are re-derived from its per-item vectors."""
+    from mansu_audit.verdicts import GuardFinding
+
+    if body_schema_version(body) >= 2:
+        return [GuardFinding.from_dict(g) for g in body["guard"]]
+    from mansu_audit.rederive import derived_guard
+
+    return derived_guard(body)
 
 
 def _fmt(v) -> str:
@@ -127,7 +168,7 @@ def _fmt(v) -> str:
 def format_verdict_table(body: Mapping) -> str:
     """The verdict table printed by `certify` (and readable from any certificate)."""
     d = body["desiderata"]
-    order = ["F", "R", *sorted(k for k in d if k.startswith("Q[")), "Q", "S"]
+    order = ["F", "R", *sorted(k for k in d if k.startswith("Q[")), "Q", "S", *(["K"] if "K" in d else [])]
     level = body.get("policy", {}).get("values", {}).get("level", 0.95)
     lines = [f"{'':<12}{'verdict':<14}{'statistic':<22}{'point':>8}   {f'{level:.0%} CI':<19}{'threshold':>9}{'MDE':>8}"]
     for name in order:
@@ -144,11 +185,15 @@ def format_verdict_table(body: Mapping) -> str:
         lines.append(f"{label:<12}{v['verdict']:<14}{v['statistic']:<22}{point:>8}   {ci:<19}{thr:>9}{mde:>8}"
                      + (f"   {v['reason']}" if v["reason"] else ""))
     lines.append(f"{'overall':<12}{body['verdict']}")
+    if "required" in body:
+        others = [k for k in ("F", "R", "Q", "S", "K") if k in d and k not in body["required"]]
+        lines.append(f"{'certified':<12}{', '.join(body['required'])}"
+                     + (f"   (reported, not certified: {', '.join(others)})" if others else ""))
     return "\n".join(lines)
 
 
 def _file_kind(name: str) -> str:
-    from mansu_audit.models import TOKENIZER_FILES
+    from mansu_audit.loading import TOKENIZER_FILES
 
     name = name.rsplit("/", 1)[-1]  # adapter certificates prefix names with base/ and adapter/
     if name in TOKENIZER_FILES:
@@ -174,9 +219,7 @@ def _compare_files(label: str, recorded: Mapping[str, str], current: Mapping[str
 
 def _verify_model(role: str, record: Mapping, spec: str | None) -> list[str]:
     from mansu_audit.cache import state_dict_sha256
-    from mansu_audit.data import sha256_file
-    from mansu_audit.loaders import model_file_map
-    from mansu_audit.models import load_model
+    from mansu_audit.loading import load_model, model_file_map
 
     spec = spec or record.get("path")
     if spec is None:
@@ -204,10 +247,14 @@ def verify_certificate(path: str | Path, *, base: str | None = None, candidate: 
     """Every difference between a certificate and the files it certifies (empty list: all match).
 
     Checks, in order: the body's own hash (an edited certificate stops here), the
-    schema, both models' weight/config/tokenizer files, the benchmark files, the
-    policy file and the `results.json` sidecar.
+    schema, the re-derivation of every statistic, CI, guard finding and verdict from
+    the body's own per-item vectors and policy (`rederive`; each mismatch named),
+    both models' weight/config/tokenizer files, the benchmark files, the policy
+    file and the `results.json` sidecar. (A signature check belongs after the schema.)
     """
-    from mansu_audit.data import resolve_benchmark, sha256_file
+    from mansu_audit.rederive import rederive
+
+    from mansu_audit.data import resolve_benchmark
     from mansu_audit.policy import load_policy
 
     path = Path(path)
@@ -218,7 +265,7 @@ def verify_certificate(path: str | Path, *, base: str | None = None, candidate: 
     if errors:
         raise InputError(f"certificate does not match its schema: {errors[0]}", path)
     body = doc["body"]
-    changes = []
+    changes = [f"re-derivation: {m}" for m in rederive(body)]
     changes += _verify_model("base", body["models"]["base"], base)
     changes += _verify_model("candidate", body["models"]["candidate"], candidate)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,32 +23,36 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
-import mansu_audit
+from mansu_audit._version import __version__
 from mansu_audit.cache import (ResultCache, files_sha256, mcq_items_sha256, sha256_json, state_dict_sha256,
                                tokenizer_sha256)
 from mansu_audit.certificate import RESULTS_FILE, Certificate, now_utc
 from mansu_audit.compat import check_compatible
 from mansu_audit.data import Bundle, load_bundle
-from mansu_audit.desiderata import BASE, CANDIDATE, FULL_PRECISION, Assessment, assess, variant_key
+from mansu_audit.desiderata import (BASE, CANDIDATE, UNQUANTIZED, Assessment, assess, cad_control_from_details,
+                                     per_item_record, unquantized_record, variant_key)
 from mansu_audit.errors import InputError
+from mansu_audit.batching import AutoBatch
 from mansu_audit.evaluate import MCQResult, evaluate_mcq
-from mansu_audit.models import LoadedModel, load_model
+from mansu_audit.io import json_copy, json_safe, progress_logger, sha256_file
+from mansu_audit.loading import LoadedModel, load_model
+from mansu_audit.prompts import chat_prompt_fn, chat_template_record
 from mansu_audit.policy import Policy, load_policy
 from mansu_audit.stats import Estimate, mean_ci
 
 DEFAULT_QUANTIZERS = ("nf4", "gptq", "int8")
 EVAL_SPLITS = ("forget_eval", "retain_eval")
 CAD_SPLIT = "forget_attr"
+RUN_FILE = "run.json"  # wall times, cache use, the exact command: outside the hashed body
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "numpy", "scipy", "bitsandbytes", "safetensors", "tokenizers", "jsonschema")
 
 CadHook = Callable[[LoadedModel, LoadedModel, Bundle, Policy], object]
+ARTIFACT_BASE = "unquantized (a quantized artifact is given for the candidate only)"
 CadSpec = Union[str, Estimate, np.ndarray, CadHook, None]
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(f"[certify] {message}", file=sys.stderr, flush=True)
+_log = progress_logger("certify")
 
 
 def runtime_record(model) -> dict:
@@ -65,8 +68,9 @@ def cad_code_sha256() -> str:
 
 
 def evaluation_code_sha256() -> str:
-    """Hash of the code whose change alters an evaluation result (cache 'code version')."""
-    paths = [PACKAGE_DIR / "evaluate.py", PACKAGE_DIR / "prompts.py", PACKAGE_DIR / "loaders.py"]
+    """Hash of the code whose change alters an evaluation result (cache 'code version'): the evaluator,
+    prompts, batching and quantizers. Not the loaders: a loaded model enters the key by its content hash."""
+    paths = [PACKAGE_DIR / "evaluate.py", PACKAGE_DIR / "prompts.py", PACKAGE_DIR / "batching.py"]
     paths += sorted((PACKAGE_DIR / "quantizers").glob("*.py"))
     return files_sha256(p for p in paths if p.is_file())
 
@@ -85,7 +89,7 @@ def model_content_sha256(model: LoadedModel) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "mansu-audit": mansu_audit.__version__}
+    out = {"python": platform.python_version(), "mansu-audit": __version__}
     for name in LIBRARIES:
         try:
             out[name] = metadata.version(name)
@@ -122,17 +126,40 @@ def check_quantizers(quantizers: Sequence[str]) -> None:
             raise InputError(f"unknown quantizer '{q}' (available: fp32, {', '.join(known)})")
 
 
+def check_artifacts(artifacts: dict[str, str | Path], quantizers: Sequence[str]) -> dict[str, Path]:
+    """Validate `{variant name: GGUF file}` of user-supplied quantized candidates before anything loads.
+
+    A name is letters, digits, `.`, `_`, `-`; it must differ from `unquantized`/`fp32`,
+    the registered quantizers and the `quantizers` asked for (a variant is named once).
+    """
+    import re
+
+    from mansu_audit.quantizers import available_quantizers
+    from mansu_audit.quantizers.gguf import artifact_record
+
+    taken = {UNQUANTIZED, "fp32", *available_quantizers(), *quantizers}
+    out = {}
+    for name, path in artifacts.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise InputError(f"quantized artifact name '{name}': use letters, digits, '.', '_', '-'")
+        if name in taken:
+            raise InputError(f"quantized artifact name '{name}' is already a quantizer or variant name; pick another")
+        artifact_record(path)  # exists, is .gguf, readable (one-line errors)
+        out[name] = Path(path)
+    return out
+
+
 def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Sequence[str], cache: ResultCache, *,
-                 batch_size: int | None = 64, chat_template: str = "off", progress: bool = False) -> Evaluations:
+                 batch_size: int | None = 64, chat_template: str = "off", progress: bool = False,
+                 truncate: str | None = None, artifacts: dict[str, str | Path] | None = None) -> Evaluations:
     """Evaluate every (role, variant, split), reusing cached entries and caching each new one at once.
 
     A variant whose splits are all cached is not even quantized, so an interrupted
     run resumes where it stopped. `batch_size=None` picks it automatically (halving
     on out-of-memory); `chat_template` (auto|on|off) wraps prompts in the
-    tokenizer's chat template, and is part of every cache key.
+    tokenizer's chat template, and is part of every cache key; `truncate="left"`
+    cuts prompts longer than the context instead of refusing them (also keyed).
     """
-    from mansu_audit.loaders import AutoBatch, chat_prompt_fn, chat_template_record
-
     batcher = AutoBatch(start=batch_size, evaluator=evaluate_mcq)
     code = evaluation_code_sha256()
     items = {s: mcq_items_sha256(bundle.split(s)) for s in EVAL_SPLITS}
@@ -142,20 +169,38 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     prompt_fns = {role: chat_prompt_fn(m.tokenizer, chat_template) for role, m in models.items()}
     results: dict[str, dict[str, MCQResult]] = {s: {} for s in EVAL_SPLITS}
     settings: dict[str, dict] = {}
-    for variant in (FULL_PRECISION, *quantizers):
+    artifacts = dict(artifacts or {})
+    if artifacts:
+        from mansu_audit.quantizers.gguf import artifact_record
+
+        for name, path in artifacts.items():  # the file's digest enters the cache keys and the certificate
+            settings[name] = {**artifact_record(path), "base": ARTIFACT_BASE}
+    for variant in (UNQUANTIZED, *quantizers):
         for role, model in models.items():
-            keys = {s: ResultCache.key("mcq-eval", {
+            inputs = {s: {
                 "model": hashes[role], "variant": variant, "split": s, "items": items[s], "code": code,
-                "calibration": None if variant == FULL_PRECISION else calibration, "batch_size": batch_size,
-                "prompting": prompting[role], "subject_line": bundle.subject_line, **runtime_record(model.model)})
+                "calibration": None if variant == UNQUANTIZED else calibration, "batch_size": batch_size,
+                "prompting": prompting[role], "subject_line": bundle.subject_line, "truncate": truncate,
+                **runtime_record(model.model)}
                 for s in EVAL_SPLITS}
-            cached = {s: cache.get(k) for s, k in keys.items()}
+            if variant in artifacts:  # base: unquantized; candidate: the artifact's weights
+                for s in EVAL_SPLITS:
+                    inputs[s].update(calibration=None,
+                                     artifact=settings[variant]["sha256"] if role == CANDIDATE else ARTIFACT_BASE)
+            keys = {s: ResultCache.key("mcq-eval", inputs[s]) for s in EVAL_SPLITS}
+            cached = {s: cache.get(k, validate=_eval_entry_check(bundle.split(s))) for s, k in keys.items()}
             evaluated = model.model
-            if any(v is None for v in cached.values()) and variant != FULL_PRECISION:
+            if any(v is None for v in cached.values()) and variant in artifacts:
+                if role == CANDIDATE:
+                    from mansu_audit.quantizers.gguf import load_artifact
+
+                    _log(progress, f"loading {role} artifact {variant} ({settings[variant]['artifact']})")
+                    evaluated = load_artifact(artifacts[variant], model.model).model
+            elif any(v is None for v in cached.values()) and variant != UNQUANTIZED:
                 _log(progress, f"quantizing {role} with {variant}")
                 quantized = _quantize(model, variant, bundle)
                 evaluated = quantized.model
-                settings.setdefault(variant, json.loads(json.dumps(quantized.settings, default=str)))
+                settings.setdefault(variant, json_copy(quantized.settings, default=str))
                 del quantized  # keep only the model: the per-weight records are not needed here
             for split in EVAL_SPLITS:
                 key = variant_key(role, variant)
@@ -164,18 +209,44 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                     _log(progress, f"evaluating {key} on {split}")
                     res = batcher.evaluate(evaluated, model.tokenizer, bundle.split(split), split=split,
                                            prompt_fn=prompt_fns[role], subject_line=bundle.subject_line,
-                                           progress=progress)
+                                           progress=progress, truncate=truncate)
                     entry = {"result": res.to_dict(),
-                             "quantizer_settings": settings.get(variant) if variant != FULL_PRECISION else None}
-                    cache.put(keys[split], entry)
+                             "quantizer_settings": settings.get(variant) if variant != UNQUANTIZED else None}
+                    cache.put(keys[split], entry, stage="mcq-eval", inputs=inputs[split])
                 else:
                     _log(progress, f"{key} on {split}: cached")
                 # Always go through the stored form, so fresh and cached runs give identical bytes.
-                results[split][key] = MCQResult.from_dict(json.loads(json.dumps(entry["result"])))
-                if variant != FULL_PRECISION and entry.get("quantizer_settings") is not None:
+                results[split][key] = MCQResult.from_dict(json_copy(entry["result"]))
+                if variant != UNQUANTIZED and entry.get("quantizer_settings") is not None:
                     settings.setdefault(variant, entry["quantizer_settings"])
             del evaluated  # free the quantized copy before the next one
     return Evaluations(results, settings, batcher.batch_size, batcher.peak_memory_bytes)
+
+
+def _eval_entry_check(items) -> Callable[[dict], None]:
+    """A cached evaluation must be of exactly these items: ids, answers, one prediction and score row each."""
+    ids = [it.id for it in items]
+    answers = [it.answer for it in items]
+    k = np.array([len(it.choices) for it in items])
+
+    def check(value: dict) -> None:
+        r = MCQResult.from_dict(value["result"])
+        if list(r.ids) != ids or r.answers.tolist() != answers:
+            raise ValueError("ids or answers differ from the split's")
+        if r.predictions.shape != (len(ids),) or r.logprobs.ndim != 2 or r.logprobs.shape[0] != len(ids) \
+                or r.logprobs.shape[1] < k.max():
+            raise ValueError("arrays of the wrong length")
+        if (r.predictions < 0).any() or (r.predictions >= k).any():
+            raise ValueError("a prediction out of range")
+        settings = value.get("quantizer_settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError("quantizer_settings is not an object")
+
+    return check
+
+
+def _cad_entry_check(value: dict) -> None:
+    Estimate.from_dict(value["cad"])
 
 
 def _cad_from_circuits(base: LoadedModel, candidate: LoadedModel, bundle: Bundle, policy: Policy, cache: ResultCache,
@@ -184,11 +255,11 @@ def _cad_from_circuits(base: LoadedModel, candidate: LoadedModel, bundle: Bundle
     from mansu_audit.circuits import compute_cad
 
     items = bundle.split(CAD_SPLIT)
-    key = ResultCache.key("cad", {"base": model_content_sha256(base), "candidate": model_content_sha256(candidate),
-                                  "items": mcq_items_sha256(items), "code": cad_code_sha256(),
-                                  "B": policy.bootstrap_replicates, "seed": policy.seed, "level": policy.level,
-                                  "ci_method": policy.ci_method, **runtime_record(base.model)})
-    entry = cache.get(key)
+    inputs = {"base": model_content_sha256(base), "candidate": model_content_sha256(candidate),
+              "items": mcq_items_sha256(items), "code": cad_code_sha256(), "B": policy.bootstrap_replicates,
+              "seed": policy.seed, "level": policy.level, "ci_method": policy.ci_method, **runtime_record(base.model)}
+    key = ResultCache.key("cad", inputs)
+    entry = cache.get(key, validate=_cad_entry_check)
     if entry is None:
         _log(progress, f"CAD (EAP-IG) on {CAD_SPLIT}")
         try:
@@ -198,8 +269,8 @@ def _cad_from_circuits(base: LoadedModel, candidate: LoadedModel, bundle: Bundle
             raise InputError(f"CAD on {CAD_SPLIT} impossible: {exc} (clean and corrupt prompts must tokenise to the "
                              f"same length; refit them with mansu_audit.convert.rematch_corrupt, or use --cad skip)",
                              bundle.files.get(CAD_SPLIT)) from None
-        entry = json.loads(json.dumps(result.to_dict()))
-        cache.put(key, entry)
+        entry = json_copy(result.to_dict())
+        cache.put(key, entry, stage="cad", inputs=inputs)
     else:
         _log(progress, "CAD: cached")
     return Estimate.from_dict(entry["cad"]), entry
@@ -229,7 +300,7 @@ def resolve_cad(cad: CadSpec, base: LoadedModel, candidate: LoadedModel, bundle:
             return None, None
         if isinstance(out, Estimate):
             return out, {"cad": out.to_dict(), "source": getattr(cad, "__name__", "hook")}
-        return out.cad, json.loads(json.dumps(out.to_dict()))
+        return out.cad, json_copy(out.to_dict())
     raise TypeError(f"cad must be 'auto', None, an Estimate, per-item values or a callable, not {type(cad).__name__}")
 
 
@@ -241,15 +312,6 @@ def _model_record(model: LoadedModel) -> dict:
             "notes": list(model.notes)}
 
 
-def _per_item(evals: Evaluations) -> dict:
-    out = {}
-    for split, by_key in evals.results.items():
-        first = next(iter(by_key.values()))
-        out[split] = {"ids": list(first.ids), "answers": first.answers.tolist(),
-                      "predictions": {k: r.predictions.tolist() for k, r in sorted(by_key.items())}}
-    return out
-
-
 def _item_view(item, result_by_key: dict[str, MCQResult], margins: dict[str, np.ndarray], index: int) -> dict:
     return {"id": item.id, "question": item.question, "choices": list(item.choices), "answer": item.answer,
             "predictions": {k: int(r.predictions[index]) for k, r in sorted(result_by_key.items())},
@@ -258,8 +320,8 @@ def _item_view(item, result_by_key: dict[str, MCQResult], margins: dict[str, np.
 
 def worst_items(evals: Evaluations, bundle: Bundle, quantizers: Sequence[str], top: int = 20) -> dict:
     """Items a reviewer should read: knowledge kept, recovered by quantization, retain lost."""
-    c = variant_key(CANDIDATE, FULL_PRECISION)
-    b = variant_key(BASE, FULL_PRECISION)
+    c = variant_key(CANDIDATE, UNQUANTIZED)
+    b = variant_key(BASE, UNQUANTIZED)
     forget, retain = evals.results["forget_eval"], evals.results["retain_eval"]
     f_items, r_items = bundle.split("forget_eval"), bundle.split("retain_eval")
     fm = {k: r.margin for k, r in forget.items()}
@@ -274,17 +336,6 @@ def worst_items(evals: Evaluations, bundle: Bundle, quantizers: Sequence[str], t
     lost = [i for i in np.argsort(rm[c], kind="stable") if retain[b].correct[i] and not retain[c].correct[i]]
     out["retain_lost"] = [_item_view(r_items[i], retain, rm, i) for i in lost[:top]]
     return out
-
-
-def json_safe(obj):
-    """Plain JSON data with non-finite floats as None (certificates and sidecars are strict JSON)."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def sidecar_bytes(evals: Evaluations, bundle: Bundle, quantizers: Sequence[str], cad_details: dict | None) -> bytes:
@@ -307,19 +358,22 @@ def sidecar_bytes(evals: Evaluations, bundle: Bundle, quantizers: Sequence[str],
 
 def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, LoadedModel], bundle: Bundle,
                policy: Policy, policy_source: Path | None, quantizers: Sequence[str], cad: Estimate | None,
-               sidecar: bytes, chat_template: str = "off") -> dict:
+               sidecar: bytes, chat_template: str = "off", truncate: str | None = None) -> dict:
     import hashlib
 
-    from mansu_audit.data import sha256_file
-    from mansu_audit.loaders import chat_template_record
 
     a = assessment.to_dict()
+    truncation = {} if truncate is None else {"truncate": truncate, "truncated": {
+        s: evals.results[s][variant_key(CANDIDATE, UNQUANTIZED)].truncated for s in EVAL_SPLITS}}
     return {
-        "suite": {"name": "mansu-audit", "version": mansu_audit.__version__, "code_sha256": suite_code_sha256()},
+        "suite": {"name": "mansu-audit", "version": __version__, "code_sha256": suite_code_sha256()},
         "verdict": assessment.overall,
         "desiderata": a["verdicts"],
-        "statistics": {**a["statistics"], "cad": None if cad is None else cad.to_dict()},
+        "statistics": {**a["statistics"], "cad": None if cad is None else cad.to_dict(),
+                       "cad_control": None if assessment.cad_control is None else assessment.cad_control.to_dict()},
         "guard": a["guard"],
+        "required": a["required"],
+        "unquantized": unquantized_record(models),
         "chance": assessment.chance,
         "policy": {"values": policy.to_dict(), "sha256": policy.sha256(),
                    "source": None if policy_source is None else str(Path(policy_source).resolve()),
@@ -332,26 +386,11 @@ def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, Loa
         "seeds": {"bootstrap": policy.seed},
         "prompting": {**chat_template_record(models[CANDIDATE].tokenizer, chat_template),
                       "subject_line": bundle.subject_line,
-                      "cad": "plain prompts (CAD compares base and candidate on the same forget_attr prompts)"},
-        "per_item": _per_item(evals),
+                      "cad": "plain prompts (CAD compares base and candidate on the same forget_attr prompts)",
+                      **truncation},
+        "per_item": per_item_record(evals.results, assessment.relearn),
         "sidecars": {RESULTS_FILE: hashlib.sha256(sidecar).hexdigest()},
     }
-
-
-def as_model(spec: str | Path | LoadedModel, *, device: str = "cpu", dtype: "str | torch.dtype | None" = None,
-             allow_pickle: bool = False) -> LoadedModel:
-    """A LoadedModel as given, or loaded from a name/folder/file under the device plan.
-
-    `dtype` None or "auto": float32 on CPU, bf16 on a GPU (`loaders.plan_device`).
-    """
-    if isinstance(spec, LoadedModel):
-        return spec
-    from mansu_audit.loaders import plan_device
-
-    dtype = "auto" if dtype is None else dtype
-    if device != "auto":  # resolve here; with device "auto" the loader plans device and dtype together
-        dtype = plan_device(device, dtype).dtype
-    return load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
 
 
 def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
@@ -359,41 +398,159 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             policy: Policy | str | Path | None = None, out: str | Path | None = None, cad: CadSpec = "auto",
             cache: ResultCache | None = None, batch_size: int | None = 64, allow_pickle: bool = False,
             device: str = "cpu", dtype: str | None = None, chat_template: str = "auto",
-            progress: bool = False) -> Certificate:
+            truncate: str | None = None, progress: bool = False, overwrite: bool = False, sign_key=None,
+            command: str | None = None, relearn: str | None = "auto",
+            oracle: str | Path | LoadedModel | None = None, consistency: str | None = "auto",
+            artifacts: dict[str, str | Path] | None = None) -> Certificate:
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
     `policy` is a `Policy`, a YAML file or None (defaults). `cache` defaults to
     `ResultCache()` ($MANSU_CACHE_DIR or .mansu_cache/); pass `NoCache()` to disable.
     Models given by name load on `device` ("auto": the GPU when present) in `dtype`
     (None: float32 on CPU, bf16 on GPU); `batch_size=None` is chosen automatically.
-    `chat_template` (auto|on|off) is recorded in the certificate's `prompting`.
+    `chat_template` (auto|on|off) is recorded in the certificate's `prompting`;
+    `truncate="left"` cuts prompts longer than the models' context (recorded there with
+    the count per split) instead of refusing them.
+
+    `out` is checked before any model loads (a non-empty folder needs `overwrite`)
+    and written all at once (`outdir.publish_dir`): certificate.json, results.json,
+    certificate.intoto.jsonl (in-toto Statement in a DSSE envelope, signed when
+    `sign_key`, an Ed25519 private key or its PEM path, is given) and run.json (wall
+    times and cache use: outside the hashed body, so identical runs give identical
+    bodies). `command` (the CLI line) is recorded in the body for "Reproduce".
+
+    K (`mansu_audit.recovery`): `relearn="auto"` runs the relearning attack and the
+    probes when the bundle has a `forget_attack` split or an `oracle` is given, "on"
+    always (without `forget_attack`: a seeded split of `forget_eval`), "skip"/None
+    never (K NOT COMPUTED). `oracle` (a model that never learned the forget facts) gets
+    the same attack as a reference point (body `recovery.oracle`, not gated).
+    `consistency="auto"` reports the permutation-consistency check of base and
+    candidate (body `consistency`; "skip"/None leaves it out). Their wall times go to
+    run.json only.
+
+    `artifacts` maps a variant name to a GGUF file of the candidate made elsewhere
+    (e.g. llama.cpp's Q4_K_M): it is evaluated as the candidate's quantized variant
+    of that name (Q[name], G_Q[name]), the base unquantized beside it, and the file's
+    SHA-256, type and tensor types are recorded under `quantizers[name].settings`.
     """
+    import time
+
+    from mansu_audit.outdir import check_output_dir
+
+    started = time.perf_counter()
+    if out is not None:
+        check_output_dir(out, overwrite)
+    if sign_key is not None and not hasattr(sign_key, "sign"):
+        from mansu_audit.attest import load_private_key
+
+        sign_key = load_private_key(sign_key)
     policy_source = None
     if not isinstance(policy, Policy):
         policy_source = None if policy is None else Path(policy)
         policy = load_policy(policy_source)
-    quantizers = tuple(dict.fromkeys(q for q in quantizers if q != FULL_PRECISION))
+    quantizers = tuple(dict.fromkeys(q for q in quantizers if q not in (UNQUANTIZED, "fp32")))
     check_quantizers(quantizers)
+    artifacts = check_artifacts(dict(artifacts or {}), quantizers)
+    quantizers = (*quantizers, *artifacts)
     cache = cache if cache is not None else ResultCache()
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)  # cheap checks first
     for split in EVAL_SPLITS:
         bundle.split(split)
-    base_m = as_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    cand_m = as_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    base_m = load_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    cand_m = load_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
     check_compatible(base_m, cand_m)
     models = {BASE: base_m, CANDIDATE: cand_m}
+    run_relearn = _stage_wanted("relearn", relearn, auto="forget_attack" in bundle.mcq or oracle is not None)
+    run_consistency = _stage_wanted("consistency", consistency, auto=True)
+    oracle_m = None
+    if oracle is not None and run_relearn:
+        oracle_m = load_model(oracle, device=device, dtype=dtype, allow_pickle=allow_pickle)
 
+    timings = {"load": time.perf_counter() - started}
     evals = evaluate_all(models, bundle, quantizers, cache, batch_size=batch_size, chat_template=chat_template,
-                         progress=progress)
+                         progress=progress, truncate=truncate, artifacts=artifacts)
+    timings["evaluate"] = time.perf_counter() - started - sum(timings.values())
     cad_estimate, cad_details = resolve_cad(cad, base_m, cand_m, bundle, policy, cache, progress)
+    timings["cad"] = time.perf_counter() - started - sum(timings.values())
+    cad_details, cad_seconds = split_timings(cad_details)
+    stage_seconds: dict[str, float] = {}
+    recovery_stage, consistency_section = None, None
+    if run_relearn or run_consistency:
+        roles = {**models, **({} if oracle_m is None else {"oracle": oracle_m})}
+        prompt_fns = {r: chat_prompt_fn(m.tokenizer, chat_template) for r, m in roles.items()}
+        prompting = {r: chat_template_record(m.tokenizer, chat_template) for r, m in roles.items()}
+    if run_relearn:
+        from mansu_audit.recovery import run_stage as run_recovery
+
+        recovery_stage = run_recovery(models, bundle, policy, cache, oracle=oracle_m, prompt_fns=prompt_fns,
+                                      prompting=prompting, truncate=truncate, log=lambda m: _log(progress, m))
+        stage_seconds.update(recovery_stage.seconds)
+        timings["relearn"] = time.perf_counter() - started - sum(timings.values())
+    if run_consistency:
+        from mansu_audit.consistency import run_stage as run_consistency_check
+
+        consistency_section, seconds = run_consistency_check(
+            models, bundle, policy, cache, prompt_fns=prompt_fns, prompting=prompting, truncate=truncate,
+            batch_size=batch_size, log=lambda m: _log(progress, m))
+        stage_seconds.update(seconds)
+        timings["consistency"] = time.perf_counter() - started - sum(timings.values())
     assessment = assess(evals.results["forget_eval"], evals.results["retain_eval"], quantizers, policy,
-                        cad=cad_estimate)
+                        cad=cad_estimate, cad_control=cad_control_from_details(cad_details),
+                        relearn=None if recovery_stage is None else recovery_stage.relearn)
     sidecar = sidecar_bytes(evals, bundle, quantizers, cad_details)
     body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar,
-                      chat_template)
+                      chat_template, truncate)
+    body["command"] = command
+    if recovery_stage is not None:
+        body["recovery"] = recovery_stage.section
+    if consistency_section is not None:
+        body["consistency"] = consistency_section
     certificate = Certificate(body, now_utc())
+    certificate.validate()
     if out is not None:
-        certificate.write(out, sidecar)
-    else:
-        certificate.validate()
+        from mansu_audit.attest import ATTESTATION_FILE, attestation_bytes
+        from mansu_audit.certificate import CERTIFICATE_FILE
+        from mansu_audit.outdir import publish_dir
+
+        timings["total"] = time.perf_counter() - started
+        run = {"created_utc": certificate.created_utc, "command": command, "body_sha256": certificate.body_sha256,
+               "wall_seconds": {k: round(v, 3) for k, v in timings.items()},
+               "cad_attribution_seconds": cad_seconds, "stage_seconds": stage_seconds,
+               "batch_size": evals.batch_size,
+               "peak_memory_bytes": evals.peak_memory_bytes, "signed": sign_key is not None}
+        publish_dir(out, {CERTIFICATE_FILE: certificate.to_json().encode("utf-8"), RESULTS_FILE: sidecar,
+                          ATTESTATION_FILE: attestation_bytes(body, sign_key),
+                          RUN_FILE: (json.dumps(run, indent=2, sort_keys=True) + "\n").encode("utf-8")},
+                    overwrite=overwrite)
     return certificate
+
+
+def _stage_wanted(name: str, value: str | None, auto: bool) -> bool:
+    """"auto" -> `auto`, "on" -> True, "skip"/None -> False; anything else is an InputError."""
+    if value is None or value == "skip":
+        return False
+    if value == "on":
+        return True
+    if value == "auto":
+        return auto
+    raise InputError(f"{name} must be 'auto', 'on' or 'skip', not {value!r}")
+
+
+def split_timings(details):
+    """(details without any 'seconds' field, {path: seconds}): wall times never enter hashed files."""
+    found: dict[str, float] = {}
+
+    def strip(obj, path):
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                if k == "seconds" and isinstance(v, (int, float)):
+                    found[".".join(path) or "seconds"] = v
+                else:
+                    out[k] = strip(v, (*path, str(k)))
+            return out
+        if isinstance(obj, list):
+            return [strip(v, path) for v in obj]
+        return obj
+
+    return (None if details is None else strip(details, ())), found

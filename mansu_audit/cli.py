@@ -7,26 +7,37 @@ import pkgutil
 import sys
 
 from mansu_audit import commands
+from mansu_audit._version import __version__
 from mansu_audit.errors import InputError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (bad input is one line, exit 2; `--help` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mansu-audit",
         description="Certify that LLM unlearning survives quantization.")
+    parser.add_argument("--version", action="version", version=f"mansu-audit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        p = sub.add_parser(module.NAME, help=module.HELP.replace("%", "%%"), description=module.HELP.replace("%", "%%"))
+        p = sub.add_parser(module.NAME, help=module.HELP.replace("%", "%%"), description=module.HELP)  # only help is %-formatted
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args._argv = argv  # the exact command line (certify records it for "Reproduce")
     try:
         return int(args._run(args))
     except InputError as exc:

@@ -7,7 +7,7 @@ fails with one line naming the first difference.
 from __future__ import annotations
 
 from mansu_audit.errors import InputError
-from mansu_audit.models import LoadedModel
+from mansu_audit.loading import LoadedModel
 
 _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "intermediate_size", "vocab_size", "tie_word_embeddings")

@@ -5,20 +5,31 @@ A bundle is a folder with `manifest.json` naming its splits. MCQ splits hold
 (extra keys are kept in `MCQItem.extra`, e.g. `corrupt` on `forget_attr`);
 corpus splits hold `{"id", "text"}`. Every problem is reported as one
 `InputError` naming the file and line.
+
+Optional training/attack splits (manifest version 2, all MCQ): `forget_train`
+and `retain_train` (items a method may train or tune on) and `forget_attack`
+(items the K relearning attack fine-tunes on, `mansu_audit.recovery`). They must
+be about other facts than every evaluation split: an item sharing an id or an
+identical question (same text after whitespace normalisation, case-insensitive)
+with `forget_eval`, `retain_eval` or `forget_attr` is refused, since a method or an
+attack trained on it would be trained on an evaluated fact. Bundles without them
+load as before.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mansu_audit.errors import InputError
+from mansu_audit.io import read_jsonl_objects, sha256_file
 from mansu_audit.resources import bundled_data_dir
 
 MCQ_SPLITS = ("forget_eval", "retain_eval", "forget_attr")
+TRAIN_SPLITS = ("forget_train", "retain_train", "forget_attack")  # optional; never evaluated by F/R/Q/S
 CORPUS_SPLITS = ("forget_corpus", "retain_corpus")
 REQUIRED_SPLITS = ("forget_eval", "retain_eval")
+MAX_CHOICES = 26  # answer letters A-Z (prompts.LETTERS)
 BUNDLED_DATA = bundled_data_dir()
 BUNDLED_BENCHMARKS = {"synthhazard": BUNDLED_DATA / "synthhazard"}
 
@@ -82,14 +93,6 @@ class Bundle:
         return {str(p.relative_to(root)): sha256_file(p) for p in sorted(set(paths))}
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_benchmark(name_or_path: str | Path) -> Path:
     """A bundled benchmark name ("synthhazard") or a bundle folder."""
     if str(name_or_path) in BUNDLED_BENCHMARKS:
@@ -98,23 +101,6 @@ def resolve_benchmark(name_or_path: str | Path) -> Path:
     if not path.is_dir():
         raise InputError("no such benchmark (not a bundled name and not a folder)", path)
     return path
-
-
-def read_jsonl_objects(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; bad JSON or a non-object is one InputError line."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"bad JSON: {exc.msg} (column {exc.colno})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError("expected a JSON object", path, lineno)
-            rows.append((lineno, obj))
-    return rows
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -139,8 +125,12 @@ def parse_mcq(path: Path) -> tuple[MCQItem, ...]:
     for lineno, obj in _read_jsonl(path):
         _check_keys(obj, {"id": str, "question": str, "choices": list, "answer": int}, path, lineno)
         choices = obj["choices"]
+        if not obj["question"].strip():
+            raise InputError("'question' is empty", path, lineno)
         if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise InputError("'choices' must be a list of at least two strings", path, lineno)
+        if len(choices) > MAX_CHOICES:
+            raise InputError(f"{len(choices)} choices: at most {MAX_CHOICES} (answer letters A-Z)", path, lineno)
         if not 0 <= obj["answer"] < len(choices):
             raise InputError(f"answer {obj['answer']} out of range for {len(choices)} choices", path, lineno)
         if obj["id"] in seen:
@@ -172,9 +162,13 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
     if not manifest_path.is_file():
         raise InputError("benchmark folder has no manifest.json", root)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", manifest_path) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"bad JSON: {exc.msg}", manifest_path, exc.lineno) from None
+    except RecursionError:
+        raise InputError("bad JSON: nested too deeply", manifest_path) from None
     splits = manifest.get("splits") if isinstance(manifest, dict) else None
     if not isinstance(splits, dict):
         raise InputError("manifest needs a 'splits' object", manifest_path)
@@ -187,13 +181,15 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
     files: dict[str, Path] = {}
     for name, spec in splits.items():
         rel = spec.get("path") if isinstance(spec, dict) else spec
-        if not isinstance(rel, str):
+        if not isinstance(rel, str) or not rel or "\0" in rel:
             raise InputError(f"split '{name}' needs a 'path'", manifest_path)
         path = (root / rel).resolve()
         if root.resolve() not in path.parents:
             raise InputError(f"split '{name}' points outside the bundle", manifest_path)
         kind = spec.get("kind") if isinstance(spec, dict) else None
         kind = kind or ("corpus" if name in CORPUS_SPLITS else "mcq")
+        if name in (*MCQ_SPLITS, *TRAIN_SPLITS) and kind != "mcq":
+            raise InputError(f"split '{name}' must be of kind 'mcq', not '{kind}'", manifest_path)
         files[name] = path
         if kind == "corpus":
             corpus[name] = parse_corpus(path)
@@ -203,6 +199,7 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
             raise InputError(f"split '{name}' has unknown kind '{kind}'", manifest_path)
 
     _check_disjoint(mcq, files)
+    _check_training_disjoint(mcq, files)
     return Bundle(str(manifest.get("name", root.name)), root, mcq, corpus, files, manifest)
 
 
@@ -216,3 +213,29 @@ def _check_disjoint(mcq: dict[str, tuple[MCQItem, ...]], files: dict[str, Path])
                 if it.id in ids_a:
                     raise InputError(f"id '{it.id}' also appears in split '{a}' (splits must not overlap)",
                                      files[b], lineno)
+
+
+def _question_key(question: str) -> str:
+    return " ".join(question.split()).casefold()
+
+
+def _check_training_disjoint(mcq: dict[str, tuple[MCQItem, ...]], files: dict[str, Path]) -> None:
+    """Training/attack splits share no id with any MCQ split and no question with an evaluation split."""
+    evals = [n for n in MCQ_SPLITS if n in mcq]
+    trains = [n for n in TRAIN_SPLITS if n in mcq]
+    ids = {}
+    questions = {}
+    for name in evals:
+        for it in mcq[name]:
+            ids.setdefault(it.id, name)
+            questions.setdefault(_question_key(it.question), name)
+    for name in trains:
+        for lineno, it in enumerate(mcq[name], start=1):
+            if it.id in ids:
+                raise InputError(f"id '{it.id}' also appears in split '{ids[it.id]}' (training and attack splits "
+                                 f"must not overlap any other split)", files[name], lineno)
+            if _question_key(it.question) in questions:
+                raise InputError(f"question of '{it.id}' also appears in evaluation split "
+                                 f"'{questions[_question_key(it.question)]}' (training and attack splits must ask "
+                                 f"about other facts)", files[name], lineno)
+            ids[it.id] = name

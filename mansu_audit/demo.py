@@ -66,8 +66,9 @@ def _clear_previous(out: Path) -> None:
 
 def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHODS,
              quantizers: Sequence[str] = DEMO_QUANTIZERS, cache: ResultCache | None = None, device: str = "cpu",
-             progress: bool = True) -> DemoResult:
-    """Run the demo into `out`; returns the matrix run and the wall time."""
+             progress: bool = True, include_forget_text: bool = False) -> DemoResult:
+    """Run the demo into `out`; returns the matrix run and the wall time (forget-set item text is left out
+    of the report unless `include_forget_text`)."""
     from mansu_audit.matrix import check_inputs, run_matrix
 
     out = Path(out)
@@ -76,5 +77,6 @@ def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHOD
     start = time.perf_counter()
     run = run_matrix(methods, quantizers, (DEMO_SEED,), out, base="reference", benchmark="synthhazard",
                      cache=cache, device=device, cell_dir=lambda method, seed: method, progress=progress,
-                     title="mansu-audit demo: MANSU vs baselines on synthhazard / reference")
+                     title="mansu-audit demo: MANSU vs baselines on synthhazard / reference",
+                     include_forget_text=include_forget_text)
     return DemoResult(run, time.perf_counter() - start)

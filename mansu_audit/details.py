@@ -17,15 +17,15 @@ report shows the file's own SHA-256).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from mansu_audit.cache import ResultCache, atomic_write_bytes, files_sha256, mcq_items_sha256, read_json_object
+from mansu_audit.cache import ResultCache, files_sha256, mcq_items_sha256
+from mansu_audit.io import json_copy, read_json_object, sha256_file, write_json
 from mansu_audit.data import Bundle
-from mansu_audit.models import LoadedModel
+from mansu_audit.loading import LoadedModel
 
 DETAILS_FILE = "details.json"
 CIRCUIT_FRAC = 0.01  # the same defaults as `circuits.compute_cad` (and so as S in the certificate)
@@ -83,11 +83,11 @@ def compute_details(base: LoadedModel, candidate: LoadedModel, bundle: Bundle, q
     from mansu_audit.diagnostics import diagnose
 
     has_attr = "forget_attr" in bundle.mcq
-    key = ResultCache.key("report-details", {
-        "base": model_content_sha256(base), "candidate": model_content_sha256(candidate),
-        "quantizers": list(quantizers), "code": details_code_sha256(),
-        "items": mcq_items_sha256(bundle.split("forget_attr")) if has_attr else None})
-    entry = cache.get(key)
+    inputs = {"base": model_content_sha256(base), "candidate": model_content_sha256(candidate),
+              "quantizers": list(quantizers), "code": details_code_sha256(),
+              "items": mcq_items_sha256(bundle.split("forget_attr")) if has_attr else None}
+    key = ResultCache.key("report-details", inputs)
+    entry = cache.get(key, validate=lambda v: (v["diagnosis"], v["circuit_layers"]))
     if entry is not None:
         return entry
     diagnosis = diagnose(base.model, candidate.model, list(quantizers), base_name=base.name,
@@ -103,18 +103,15 @@ def compute_details(base: LoadedModel, candidate: LoadedModel, bundle: Bundle, q
                                          selected.neuron_mask().numpy())
         circuit.update({"circuit_frac": CIRCUIT_FRAC, "attribution_steps": ATTRIBUTION_STEPS, "method": "eap-ig",
                         "n_items": base_attr.n_items})
-    entry = json.loads(json.dumps({"diagnosis": diagnosis, "circuit_layers": circuit}))
-    cache.put(key, entry)
+    entry = json_copy({"diagnosis": diagnosis, "circuit_layers": circuit})
+    cache.put(key, entry, stage="report-details", inputs=inputs)
     return entry
 
 
 def write_details(out_dir: str | Path, details: dict, run: dict | None = None) -> Path:
     """Write `details.json` (diagnostics, circuit mass per layer, the unlearning run record) atomically."""
-    from mansu_audit.certify import json_safe
-
     path = Path(out_dir) / DETAILS_FILE
-    data = json_safe({**details, "run": run})
-    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
+    write_json(path, {**details, "run": run})
     return path
 
 
@@ -124,8 +121,6 @@ def read_details(out_dir: str | Path) -> dict | None:
 
 
 def details_sha256(out_dir: str | Path) -> str | None:
-    from mansu_audit.data import sha256_file
-
     path = Path(out_dir) / DETAILS_FILE
     return sha256_file(path) if path.is_file() else None
 

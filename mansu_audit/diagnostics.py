@@ -15,28 +15,51 @@ group/row scale):
   it also counts weights that kept their code while their block/row/group
   scale moved (e.g. because the block absmax was updated);
 - a histogram of |Δ_i| / w_i over fixed edges.
-Per layer and overall (pooled over all elements). No data is needed: gptq and
-gptq-act-order without calibration are diagnosed on their data-free
-equivalent, GPTQ with an identity Hessian, which is exactly symmetric 4-bit
-RTN with group 128 (the grid GPTQ rounds on; its error compensation needs
-activations). Pass `calibration` (and a tokenizer) to run real GPTQ on both
-models instead; the mode is recorded per quantizer.
+Per layer and overall (pooled over all elements). No data is needed: the
+quantizer `gptq-datafree` (diagnostics only, not a certifiable quantizer) is
+GPTQ with an identity Hessian, which is exactly symmetric 4-bit RTN with group
+128 (the grid GPTQ rounds on; its error compensation needs activations). Asked
+for `gptq` or `gptq-act-order` without calibration, `diagnose` reports that
+proxy under its own name, `gptq-datafree`, never as "gptq": the calibrated GPTQ
+that `certify` runs is a different quantizer. Pass `calibration` (and a
+tokenizer) to run real GPTQ on both models; the mode is recorded per quantizer.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
 from mansu_audit.errors import InputError
-from mansu_audit.quantizers import quantizable_linears, quantize_model, quantize_weights, linear_weight
+from mansu_audit.quantizers import WeightwiseQuantizer, linear_weight, quantizable_linears, quantize_model
 from mansu_audit.quantizers.record import QuantizedModel
 from mansu_audit.quantizers.rtn import quantize_weight_rtn
+from mansu_audit.registry import QUANTIZERS
 
 HISTOGRAM_EDGES = (0.0, 1e-3, 1e-2, 0.1, 0.25, 0.5, 1.0, 2.0, math.inf)
-DATA_FREE_GPTQ = "data-free: GPTQ with identity Hessian = symmetric RTN, 4-bit, group 128"
+GPTQ_DATAFREE = "gptq-datafree"
+DATA_FREE_GPTQ = ("gptq-datafree: data-free proxy of GPTQ (identity Hessian = symmetric RTN, 4-bit, group 128), "
+                  "not the calibrated GPTQ that certify runs")
+CALIBRATED = ("gptq", "gptq-act-order")
+_DATAFREE_QUANTIZER = WeightwiseQuantizer(partial(quantize_weight_rtn, bits=4, group_size=128, symmetric=True),
+                                          {"bits": 4, "group_size": 128, "symmetric": True, "mode": DATA_FREE_GPTQ})
+
+
+def diagnosed_names(quantizers, calibrated: bool) -> list[str]:
+    """The quantizer names a diagnosis reports, in order and without repeats: `gptq`/`gptq-act-order`
+    become `gptq-datafree` when there is no calibration. InputError for an unknown name."""
+    out = []
+    for name in quantizers:
+        if name != GPTQ_DATAFREE:
+            QUANTIZERS.get(name)  # unknown names fail here, with the closest suggested
+        label = GPTQ_DATAFREE if name in CALIBRATED and not calibrated else name
+        if label not in out:
+            out.append(label)
+    return out
 
 
 @dataclass
@@ -132,14 +155,11 @@ def _weight_sums(base_w: torch.Tensor, cand_w: torch.Tensor, base_q: torch.Tenso
 
 
 def _quantize_for_diagnosis(model: nn.Module, name: str, calibration, tokenizer) -> tuple[QuantizedModel, str]:
-    if name in ("gptq", "gptq-act-order") and (calibration is None or tokenizer is None):
-        import copy
-
+    if name == GPTQ_DATAFREE:
         copied = copy.deepcopy(model)
-        records = quantize_weights(copied, lambda n, w: quantize_weight_rtn(n, w, bits=4, group_size=128,
-                                                                           symmetric=True))
-        return QuantizedModel(copied, records, name, {"mode": DATA_FREE_GPTQ}), DATA_FREE_GPTQ
-    mode = "exact" if name not in ("gptq", "gptq-act-order") else "calibrated GPTQ on each model"
+        records, settings = _DATAFREE_QUANTIZER(copied, None)
+        return QuantizedModel(copied, records, name, settings), DATA_FREE_GPTQ
+    mode = "exact" if name not in CALIBRATED else "calibrated GPTQ on each model"
     return quantize_model(model, name, tokenizer=tokenizer, calibration=calibration), mode
 
 
@@ -154,7 +174,7 @@ def diagnose(base_model: nn.Module, candidate_model: nn.Module, quantizers, *, c
         if name not in cand_layers or linear_weight(cand_layers[name]).shape != linear_weight(module).shape:
             raise InputError(f"candidate does not match the base architecture at '{name}'")
     out = {}
-    for qname in quantizers:
+    for qname in diagnosed_names(quantizers, calibration is not None and tokenizer is not None):
         qbase, mode = _quantize_for_diagnosis(base_model, qname, calibration, tokenizer)
         qcand, _ = _quantize_for_diagnosis(candidate_model, qname, calibration, tokenizer)
         qb_layers, qc_layers = dict(quantizable_linears(qbase.model)), dict(quantizable_linears(qcand.model))

@@ -15,3 +15,24 @@ class InputError(Exception):
         if self.path is not None:
             where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
         super().__init__(f"{where}{message}")
+
+
+def require_extra(module: str, extra: str, purpose: str):
+    """Import an optional dependency, or raise the one-line InputError naming the extra.
+
+    `require_extra("gguf", "gguf", "loading a .gguf file")` returns the module, or says
+    `loading a .gguf file needs the optional dependency 'gguf': pip install 'mansu-audit[gguf]'`.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"{purpose} needs the optional dependency '{module.split('.')[0]}': "
+                         f"pip install 'mansu-audit[{extra}]'") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -10,6 +10,13 @@ lm-eval's `multiple_choice` `acc` (argmax, first index on ties).
 
 Batches are right-padded (positions of real tokens unchanged, causal attention
 never sees padding) and sorted by length to waste little compute.
+
+Context length: a sequence longer than the model's context
+(`max_position_embeddings`, or `n_positions`) is refused in one `InputError`
+line naming the first such item, before any forward pass; with
+`truncate="left"` its oldest tokens are dropped instead, as lm-eval does
+(`(context + continuation)[-(max_length + 1):][:-1]`), and
+`MCQResult.truncated` counts the items cut.
 """
 from __future__ import annotations
 
@@ -20,7 +27,10 @@ import numpy as np
 import torch
 
 from mansu_audit.data import MCQItem
-from mansu_audit.prompts import continuations, item_prompt
+from mansu_audit.errors import InputError
+from mansu_audit.prompts import continuations, item_prompt, pad_token_id
+
+TRUNCATE_MODES = ("left",)
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,7 @@ class MCQResult:
     answers: np.ndarray  # int64 [n]
     predictions: np.ndarray  # int64 [n]
     logprobs: np.ndarray  # float64 [n, k]: log-likelihood of each choice's continuation
+    truncated: int = 0  # items whose prompt was cut on the left to fit the context (truncate="left")
 
     @property
     def correct(self) -> np.ndarray:
@@ -65,13 +76,17 @@ class MCQResult:
         return right - lp.max(axis=1)
 
     def to_dict(self) -> dict:
-        return {"split": self.split, "ids": list(self.ids), "answers": self.answers.tolist(),
-                "predictions": self.predictions.tolist(), "logprobs": self.logprobs.round(6).tolist()}
+        out = {"split": self.split, "ids": list(self.ids), "answers": self.answers.tolist(),
+               "predictions": self.predictions.tolist(), "logprobs": self.logprobs.round(6).tolist()}
+        if self.truncated:
+            out["truncated"] = self.truncated
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "MCQResult":
         return cls(d["split"], tuple(d["ids"]), np.asarray(d["answers"], dtype=np.int64),
-                   np.asarray(d["predictions"], dtype=np.int64), np.asarray(d["logprobs"], dtype=np.float64))
+                   np.asarray(d["predictions"], dtype=np.int64), np.asarray(d["logprobs"], dtype=np.float64),
+                   int(d.get("truncated", 0)))
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,43 @@ class _Request:
 
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text).input_ids
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest sequence the model's positions allow (None when the config declares none)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_context(requests: list[_Request], max_length: int | None, truncate: str | None,
+                ids: Sequence[str]) -> tuple[list[_Request], int]:
+    """Refuse (or, with truncate="left", cut the oldest tokens of) sequences longer than `max_length`.
+
+    Returns the requests that fit and the number of items cut."""
+    if truncate is not None and truncate not in TRUNCATE_MODES:
+        raise InputError(f"--truncate must be one of {', '.join(TRUNCATE_MODES)}, not '{truncate}'")
+    if max_length is None:
+        return requests, 0
+    out, cut_items = [], set()
+    for r in requests:
+        excess = len(r.tokens) - max_length
+        if excess <= 0:
+            out.append(r)
+            continue
+        if truncate is None:
+            raise InputError(f"item '{ids[r.item]}' is {len(r.tokens)} tokens long, more than the model's context "
+                             f"of {max_length} (max_position_embeddings); shorten it, or pass --truncate left")
+        scored = [(c, [(p - excess, t) for p, t in pairs]) for c, pairs in r.scored]
+        if any(p < 0 for _, pairs in scored for p, _ in pairs):
+            raise InputError(f"item '{ids[r.item]}': an answer continuation alone exceeds the model's context "
+                             f"of {max_length} tokens")
+        out.append(_Request(r.item, r.tokens[excess:], scored))
+        cut_items.add(r.item)
+    return out, len(cut_items)
 
 
 def build_requests(tokenizer, prompts: Sequence[str], num_choices: Sequence[int]) -> list[_Request]:
@@ -106,13 +158,6 @@ def build_requests(tokenizer, prompts: Sequence[str], num_choices: Sequence[int]
             scored = [(start - 1 + j, t) for j, t in enumerate(cont)]
             requests.append(_Request(i, list(whole[:-1]), [(c, scored)]))
     return requests
-
-
-def _pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return int(tid)
-    return 0
 
 
 @torch.no_grad()
@@ -150,17 +195,20 @@ def score_requests(model: torch.nn.Module, requests: list[_Request], pad_id: int
 
 def evaluate_mcq(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *, split: str = "",
                  batch_size: int = 64, subject_line: bool = False,
-                 prompt_fn: Callable[[str], str] | None = None, progress: bool = False) -> MCQResult:
+                 prompt_fn: Callable[[str], str] | None = None, progress: bool = False,
+                 truncate: str | None = None) -> MCQResult:
     """Accuracy of `model` on `items`, with per-item predictions and choice log-likelihoods.
 
     `prompt_fn` post-processes each prompt (chat templates); `subject_line` adds
-    lm-eval's MMLU header when items carry a subject.
+    lm-eval's MMLU header when items carry a subject. Items longer than the
+    model's context are refused, or cut on the left with `truncate="left"`.
     """
     prompts = [item_prompt(it, subject_line=subject_line) for it in items]
     if prompt_fn is not None:
         prompts = [prompt_fn(p) for p in prompts]
     k = [len(it.choices) for it in items]
     requests = build_requests(tokenizer, prompts, k)
+    requests, truncated = fit_context(requests, context_length(model), truncate, [it.id for it in items])
     bar = None
     if progress:
         from tqdm import tqdm
@@ -169,7 +217,7 @@ def evaluate_mcq(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *,
     was_training = model.training
     model.eval()
     try:
-        lls = score_requests(model, requests, _pad_id(tokenizer), batch_size, len(items), max(k),
+        lls = score_requests(model, requests, pad_token_id(tokenizer), batch_size, len(items), max(k),
                              bar.update if bar else None)
     finally:
         model.train(was_training)
@@ -177,4 +225,4 @@ def evaluate_mcq(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *,
             bar.close()
     predictions = lls.argmax(axis=1)  # first index on ties, as numpy/lm-eval
     answers = np.array([it.answer for it in items], dtype=np.int64)
-    return MCQResult(split, tuple(it.id for it in items), answers, predictions.astype(np.int64), lls)
+    return MCQResult(split, tuple(it.id for it in items), answers, predictions.astype(np.int64), lls, truncated)

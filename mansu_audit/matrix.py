@@ -14,11 +14,13 @@ result pooled over seeds), `matrix.html` (comparison) and `index.html` (the full
 audit report of every cell).
 
 Pooling over seeds (our choice): the candidate's per-item correctness is averaged
-over seeds (items stay paired with the base model), and D_F, D_R and each G_Q are
-bootstrapped over items from those averages with the certificate's policy; S uses
-the envelope of the seeds' CAD intervals (mean point, lowest low, highest high),
-since per-item CAD values are not stored. A pooled verdict is never PASS when a
-seed tripped the over-unlearning guard.
+over seeds (items stay paired with the base model), and every statistic of a
+certificate (`desiderata.split_statistics`) is bootstrapped over items from those
+averages with the certificate's policy; S uses the envelope of the seeds' CAD (and
+random-circuit control) intervals (mean point, lowest low, highest high), since
+per-item CAD values are not stored. Verdicts come from the certificate's own engine
+(`verdicts.decide`) with every seed's guard findings (records) applied, so a pooled
+verdict is never PASS when a seed tripped the over-unlearning guard.
 
 Baseline comparison: every cell and pooled result in the baseline must exist,
 no verdict may become more severe (PASS < INCONCLUSIVE/NOT COMPUTED < FAIL), and
@@ -31,19 +33,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mansu_audit.cache import (NoCache, ResultCache, atomic_write_bytes, files_sha256, read_json_object,
-                               sha256_json)
+from mansu_audit.cache import NoCache, ResultCache, files_sha256, sha256_json
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.errors import InputError
-from mansu_audit.resources import methods_dir
-from mansu_audit.models import LoadedModel, load_model
+from mansu_audit.io import atomic_write_bytes, json_copy, progress_logger, read_json_object, write_json
+from mansu_audit.loading import LoadedModel, load_model
 
 MATRIX_SCHEMA = "mansu-audit-matrix"
 MATRIX_SCHEMA_VERSION = 1
@@ -54,15 +54,16 @@ GATED_STATISTICS = ("D_F", "D_R", "G_Q", "CAD")  # families the baseline gate ch
 SEVERITY = {"PASS": 0, "NOT COMPUTED": 1, "INCONCLUSIVE": 1, "FAIL": 2}
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(f"[matrix] {message}", file=sys.stderr, flush=True)
+_log = progress_logger("matrix")
 
 
-def methods_code_sha256() -> str:
-    """Hash of the bundled methods and the code they call (a change retrains)."""
+def methods_code_sha256(method) -> str:
+    """Hash of one method's code (its own source file and the method modules it imports,
+    `registry.code_files`) and the core code methods call; a change retrains that method only."""
+    from mansu_audit.registry import code_files
+
     pkg = Path(__file__).resolve().parent
-    paths = [*sorted(methods_dir().glob("*.py")), *sorted((pkg / "circuits").glob("*.py")), pkg / "unlearn.py",
+    paths = [*code_files(method), *sorted((pkg / "circuits").glob("*.py")), pkg / "unlearn.py",
              *sorted((pkg / "quantizers").glob("*.py"))]
     return files_sha256(p for p in paths if p.is_file())
 
@@ -83,15 +84,23 @@ def unlearned_checkpoint(method: str, seed: int, overrides: Sequence[str], base:
     """The unlearned checkpoint of (method, settings, seed) on `base`; trained only if not stored yet."""
     from mansu_audit.methods.base import parse_overrides, settings_dict
 
-    from mansu_audit.cache import state_dict_sha256
-    from mansu_audit.unlearn import RECORD_NAME, resolve_method, unlearn
+    from mansu_audit.cache import FileLock, state_dict_sha256
+    from mansu_audit.unlearn import resolve_method
 
     instance = resolve_method(method)
     settings = parse_overrides(instance.Settings, list(overrides))
     key = sha256_json({"method": instance.name, "settings": settings_dict(settings), "seed": seed,
                        "base": base.file_hashes() or state_dict_sha256(base.model), "benchmark": bundle.file_hashes(),
-                       "code": methods_code_sha256()})
+                       "code": methods_code_sha256(instance)})
     path = store / f"{instance.name}-seed{seed}-{key[:20]}"
+    store.mkdir(parents=True, exist_ok=True)
+    with FileLock(store / f".{path.name}.lock"):  # processes (and machines) sharing the store train it once
+        return _stored_or_trained(instance, seed, overrides, base, bundle, path, device, progress)
+
+
+def _stored_or_trained(instance, seed, overrides, base, bundle, path: Path, device: str, progress: bool):
+    from mansu_audit.unlearn import RECORD_NAME, unlearn
+
     record_path = path / RECORD_NAME
     if record_path.is_file():
         _log(progress, f"{instance.name} seed {seed}: checkpoint cached ({path})")
@@ -117,17 +126,20 @@ def _estimate(d: Mapping | None) -> dict | None:
 
 def cell_summary(method: str, seed: int, body: Mapping, folder: str) -> dict:
     """Verdicts and headline statistics of one certificate."""
+    from mansu_audit.certificate import guard_messages, unquantized_label
+
     d = body["desiderata"]
     f, r = body["statistics"]["forget_eval"], body["statistics"]["retain_eval"]
     quantizers = list(body["quantizers"])
+    u = unquantized_label(body)
     stats = {"D_F": _estimate(d["F"]["estimate"]), "D_R": _estimate(d["R"]["estimate"]),
-             **{f"G_Q[{q}]": _estimate(d[f"Q[{q}]"]["estimate"]) for q in quantizers},
+             **{f"G_Q[{q}]": _estimate(f.get(f"G_Q[{q}]")) for q in quantizers},
              "CAD": _estimate(d["S"]["estimate"]), "KR": _estimate(f.get("KR")),
-             **{f"acc_forget[{v}]": _estimate(f.get(f"acc[candidate/{v}]")) for v in ("fp32", *quantizers)},
-             **{f"acc_retain[{v}]": _estimate(r.get(f"acc[candidate/{v}]")) for v in ("fp32", *quantizers)}}
+             **{f"acc_forget[{v}]": _estimate(f.get(f"acc[candidate/{v}]")) for v in (u, *quantizers)},
+             **{f"acc_retain[{v}]": _estimate(r.get(f"acc[candidate/{v}]")) for v in (u, *quantizers)}}
     return {"method": method, "seed": seed, "folder": folder, "verdict": body["verdict"],
             "verdicts": {k: v["verdict"] for k, v in sorted(d.items())}, "statistics": stats,
-            "guard": list(body["guard"])}
+            "guard": guard_messages(body)}
 
 
 def _correct(body: Mapping, split: str, key: str) -> np.ndarray:
@@ -135,93 +147,80 @@ def _correct(body: Mapping, split: str, key: str) -> np.ndarray:
     return np.asarray(per["predictions"][key]) == np.asarray(per["answers"])
 
 
+def _envelope(estimates: Sequence[Mapping | None], level: float):
+    """Mean point, lowest low, highest high of the seeds' estimates (None if any seed lacks one)."""
+    from mansu_audit.stats import Estimate
+
+    if not estimates or any(e is None for e in estimates):
+        return None
+    return Estimate(float(np.mean([e["point"] for e in estimates])), min(e["low"] for e in estimates),
+                    max(e["high"] for e in estimates), estimates[0]["n"], estimates[0]["B"], estimates[0]["seed"],
+                    level, "seed envelope")
+
+
 def pool_seeds(bodies: Sequence[Mapping]) -> dict:
-    """One method's result pooled over its seeds (see the module docstring)."""
-    from mansu_audit.desiderata import (Verdict, overall_verdict, verdict_at_least, verdict_at_most, verdict_ptq_gap,
-                                        worst)
+    """One method's result pooled over its seeds (see the module docstring).
+
+    Statistics come from the same code as a certificate's (`desiderata.split_statistics`,
+    on seed-averaged candidate vectors) and verdicts from the same `verdicts.decide`,
+    with every seed's guard findings (structured records) applied.
+    """
+    from mansu_audit.certificate import guard_records
+    from mansu_audit.desiderata import split_statistics, variant_keys
     from mansu_audit.policy import Policy
-    from mansu_audit.stats import Estimate, paired_bootstrap
+    from mansu_audit.verdicts import decide
 
     first = bodies[0]
     for b in bodies[1:]:
         for split in ("forget_eval", "retain_eval"):
             if b["per_item"][split]["ids"] != first["per_item"][split]["ids"]:
                 raise InputError(f"{split}: the seeds were certified on different items; cannot pool them")
-    policy = Policy(**first["policy"]["values"])
+    policy = Policy.from_dict(first["policy"]["values"])
     quantizers = list(first["quantizers"])
-    boot = dict(B=policy.bootstrap_replicates, seed=policy.seed, level=policy.level, method=policy.ci_method,
-                power=policy.mde_power)
-    fv = {"b": _correct(first, "forget_eval", "base/fp32"),
-          "c": np.mean([_correct(b, "forget_eval", "candidate/fp32") for b in bodies], axis=0)}
-    fs = {"D_F": lambda m: m["b"] - m["c"]}
-    for q in quantizers:
-        fv[f"c_{q}"] = np.mean([_correct(b, "forget_eval", f"candidate/{q}") for b in bodies], axis=0)
-        fs[f"G_Q[{q}]"] = lambda m, q=q: m[f"c_{q}"] - m["c"]
-    rv = {"b": _correct(first, "retain_eval", "base/fp32"),
-          "c": np.mean([_correct(b, "retain_eval", "candidate/fp32") for b in bodies], axis=0)}
-    f_est = paired_bootstrap(fv, fs, **boot)
-    r_est = paired_bootstrap(rv, {"D_R": lambda m: m["b"] - m["c"]}, **boot)
-
-    verdicts = {"F": Verdict("F", verdict_at_least(f_est["D_F"], policy.min_forget_drop), "D_F", f_est["D_F"],
-                             policy.min_forget_drop),
-                "R": Verdict("R", verdict_at_most(r_est["D_R"], policy.max_retain_drop), "D_R", r_est["D_R"],
-                             policy.max_retain_drop)}
-    per_q = []
-    for q in quantizers:
-        g = f_est[f"G_Q[{q}]"]
-        per_q.append(Verdict(f"Q[{q}]", verdict_ptq_gap(g, policy.max_ptq_gap), f"G_Q[{q}]", g, policy.max_ptq_gap))
-        verdicts[f"Q[{q}]"] = per_q[-1]
-    if per_q:
-        w = worst(per_q)
-        verdicts["Q"] = Verdict("Q", w.verdict, w.statistic, w.estimate, w.threshold, f"worst: {w.name[2:-1]}")
-    else:
-        verdicts["Q"] = Verdict("Q", "NOT COMPUTED", "G_Q", None, policy.max_ptq_gap)
-    cads = [b["desiderata"]["S"]["estimate"] for b in bodies]
-    if any(c is None for c in cads):
-        verdicts["S"] = Verdict("S", "NOT COMPUTED", "CAD", None, policy.min_cad, "CAD missing for a seed")
-        cad = None
-    else:
-        cad = Estimate(float(np.mean([c["point"] for c in cads])), min(c["low"] for c in cads),
-                       max(c["high"] for c in cads), cads[0]["n"], cads[0]["B"], cads[0]["seed"], policy.level,
-                       "seed envelope")
-        verdicts["S"] = Verdict("S", verdict_at_least(cad, policy.min_cad), "CAD", cad, policy.min_cad,
-                                "envelope of the seeds' CIs")
-    guard = [f"seed run {i + 1} of {len(bodies)}: {g}" for i, b in enumerate(bodies) for g in b["guard"]]
-    verdicts = _apply_guard(verdicts, [g for b in bodies for g in b["guard"]], quantizers)
-    overall = overall_verdict([verdicts[k].verdict for k in ("F", "R", "Q", "S")])
-    stats = {"D_F": f_est["D_F"], "D_R": r_est["D_R"], **{f"G_Q[{q}]": f_est[f"G_Q[{q}]"] for q in quantizers}}
+    correct = {}
+    for split in ("forget_eval", "retain_eval"):
+        correct[split] = {}
+        for key in variant_keys(quantizers):
+            stored = [_stored_key(b, key) for b in bodies]
+            if key.startswith("base/"):
+                correct[split][key] = _correct(first, split, stored[0])
+            else:
+                correct[split][key] = np.mean([_correct(b, split, k) for b, k in zip(bodies, stored)], axis=0)
+    stats = split_statistics(correct, quantizers, policy, float(first["chance"]))
+    f_est, r_est = stats["forget_eval"], stats["retain_eval"]
+    cad = _envelope([b["statistics"].get("cad") or b["desiderata"]["S"]["estimate"] for b in bodies], policy.level)
+    control = _envelope([b["statistics"].get("cad_control") for b in bodies], policy.level)
+    guard = [g for b in bodies for g in guard_records(b)]
+    decision = decide(f_est, r_est, quantizers, policy, chance=float(first["chance"]), cad=cad, cad_control=control,
+                      guard=guard, rules=_rules(first))
+    messages = [f"seed run {i + 1} of {len(bodies)}: {m}" for i, b in enumerate(bodies) for m in _messages(b)]
+    out_stats = {"D_F": f_est["D_F"], "D_R": r_est["D_R"], **{f"G_Q[{q}]": f_est[f"G_Q[{q}]"] for q in quantizers}}
     if cad is not None:
-        stats["CAD"] = cad
-    return {"n_seeds": len(bodies), "verdict": overall, "verdicts": {k: v.verdict for k, v in sorted(verdicts.items())},
-            "statistics": {k: _estimate(e.to_dict()) for k, e in stats.items()}, "guard": guard}
+        out_stats["CAD"] = cad
+    return {"n_seeds": len(bodies), "verdict": decision.overall,
+            "verdicts": {k: v.verdict for k, v in sorted(decision.verdicts.items())},
+            "statistics": {k: _estimate(e.to_dict()) for k, e in out_stats.items()}, "guard": messages}
 
 
-def _apply_guard(verdicts: dict, findings: Sequence[str], quantizers: Sequence[str]) -> dict:
-    """The certificate's over-unlearning rule on pooled verdicts: a seed's finding on the unquantized
-    candidate fails F and caps every PASS; one under quantizer q fails Q[q] (and so Q)."""
-    from mansu_audit.desiderata import Verdict, worst
+def _stored_key(body: Mapping, key: str) -> str:
+    """A variant key as stored in `body` (schema-1 certificates call the unquantized variant 'fp32')."""
+    from mansu_audit.certificate import unquantized_label
+    from mansu_audit.verdicts import UNQUANTIZED
 
-    def cap(v, reason, force=False):
-        if force or v.verdict == "PASS":
-            return Verdict(v.name, "FAIL", v.statistic, v.estimate, v.threshold, reason)
-        return v
+    role, variant = key.split("/", 1)
+    return f"{role}/{unquantized_label(body)}" if variant == UNQUANTIZED else key
 
-    out = dict(verdicts)
-    for finding in findings:
-        key = finding.split("(", 1)[1].split(")", 1)[0] if "(" in finding else "candidate/fp32"
-        reason = f"a seed tripped the over-unlearning guard ({key})"
-        variant = key.split("/", 1)[-1]
-        if variant == "fp32":
-            out["F"] = cap(out["F"], reason, force=True)
-            for name in out:
-                if name != "F":
-                    out[name] = cap(out[name], reason)
-        elif f"Q[{variant}]" in out:
-            out[f"Q[{variant}]"] = cap(out[f"Q[{variant}]"], reason, force=True)
-    if findings and quantizers:
-        w = worst([out[f"Q[{q}]"] for q in quantizers])
-        out["Q"] = Verdict("Q", w.verdict, w.statistic, w.estimate, w.threshold, f"worst: {w.name[2:-1]}")
-    return out
+
+def _rules(body: Mapping) -> int:
+    from mansu_audit.certificate import body_schema_version
+
+    return body_schema_version(body)
+
+
+def _messages(body: Mapping) -> list[str]:
+    from mansu_audit.certificate import guard_messages
+
+    return guard_messages(body)
 
 
 @dataclass
@@ -237,9 +236,8 @@ class MatrixRun:
 
 def check_inputs(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequence[int]) -> None:
     """Refuse unknown methods/quantizers and bad seeds before any long stage."""
-    from mansu_audit.methods import get_method
-
     from mansu_audit.certify import check_quantizers
+    from mansu_audit.registry import get_method
 
     if not methods:
         raise InputError("no methods given")
@@ -254,16 +252,203 @@ def check_inputs(methods: Sequence[str], quantizers: Sequence[str], seeds: Seque
     check_quantizers(quantizers)
 
 
+@dataclass
+class MatrixContext:
+    """What every cell of one matrix shares; picklable, so a remote executor ships it once to its workers.
+
+    `base` is a name/folder (loaded where the cell runs) or a LoadedModel; `store` is
+    the checkpoint folder (None: a temporary folder per cell, for remote cells without
+    a cache); `base_entries` are the base model's evaluation cache entries from the
+    first stage, read by every cell (so a worker without the shared cache folder does
+    not evaluate the base model again). `threads`: torch's CPU thread count while a
+    cell runs (restored afterwards); float reductions depend on it, so equal thread
+    counts are what makes results byte-identical across executors.
+    """
+
+    base: object
+    bundle: Bundle
+    policy: object
+    cache: ResultCache
+    quantizers: tuple
+    device: str
+    store: Path | None
+    progress: bool
+    threads: int | None = None
+    base_entries: dict | None = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}  # not the loaded memo
+
+    def loaded_base(self) -> LoadedModel:
+        """The base model, loaded once per process (and per context)."""
+        if isinstance(self.base, LoadedModel):
+            return self.base
+        if getattr(self, "_base", None) is None:
+            self._base = load_model(self.base)
+        return self._base
+
+    def base_attributions(self):
+        from mansu_audit.details import BaseAttributions
+
+        if getattr(self, "_attributions", None) is None:
+            self._attributions = BaseAttributions()
+        return self._attributions
+
+
+class _RecordingCache(ResultCache):
+    """Passes through to `inner`; remembers every value read or written (the base stage's output)."""
+
+    def __init__(self, inner: ResultCache):
+        self.inner, self.root, self._warn, self.entries = inner, inner.root, getattr(inner, "_warn", None), {}
+
+    def get(self, key, validate=None):
+        value = self.inner.get(key, validate)
+        if value is not None:
+            self.entries[key] = value
+        return value
+
+    def put(self, key, value, **kwargs):
+        self.inner.put(key, value, **kwargs)
+        self.entries[key] = json_copy(value)  # what a later get() returns
+
+
+class _SeededCache(ResultCache):
+    """`inner`, with the base stage's entries answered first (validated like any entry)."""
+
+    def __init__(self, inner: ResultCache, seeded: Mapping[str, dict]):
+        self.inner, self.root, self._warn, self.seeded = inner, inner.root, getattr(inner, "_warn", None), seeded
+
+    def get(self, key, validate=None):
+        if key in self.seeded:
+            value = json_copy(self.seeded[key])
+            try:
+                if validate is not None:
+                    validate(value)
+                return value
+            except Exception:
+                pass
+        return self.inner.get(key, validate)
+
+    def put(self, key, value, **kwargs):
+        self.inner.put(key, value, **kwargs)
+
+
+def _certify_defaults() -> tuple:
+    """`certify`'s batch size and chat-template defaults (the base stage must compute the same cache keys)."""
+    import inspect
+
+    from mansu_audit.certify import certify
+
+    params = inspect.signature(certify).parameters
+    return params["batch_size"].default, params["chat_template"].default
+
+
+class _Threads:
+    """torch's intra-op thread count set for a block and restored after it (None: unchanged)."""
+
+    def __init__(self, n: int | None):
+        self.n, self.old = n, None
+
+    def __enter__(self):
+        import torch
+
+        if self.n:
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.old is not None:
+            torch.set_num_threads(self.old)
+
+
+def evaluate_base(ctx: MatrixContext, _item=None) -> dict:
+    """First stage: evaluate the base model through fp32 and every quantizer (each cached by content).
+
+    Runs under a lock in the cache folder, so two drivers sharing a cache never
+    compute the base entries at once; returns the entries for the cells to read.
+    """
+    from mansu_audit.cache import cache_lock
+    from mansu_audit.certify import BASE, evaluate_all, model_content_sha256
+
+    base = ctx.loaded_base()
+    batch_size, chat_template = _certify_defaults()
+    recording = _RecordingCache(ctx.cache)
+    name = sha256_json({"base": model_content_sha256(base), "benchmark": ctx.bundle.file_hashes(),
+                        "quantizers": list(ctx.quantizers)})
+    with _Threads(ctx.threads), cache_lock(ctx.cache, f"base-{name[:32]}"):
+        evaluate_all({BASE: base}, ctx.bundle, ctx.quantizers, recording, batch_size=batch_size,
+                     chat_template=chat_template, progress=ctx.progress)
+    return recording.entries
+
+
+def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
+    """One (method, seed) cell: unlearn (or reuse the checkpoint), certify, diagnose.
+
+    `cell` is (method, seed, overrides, folder). Writes nothing in the output folder:
+    returns `{"files": [(name, bytes)...], "body", "record"}` for the driver to write.
+    The whole cell runs under a lock in the cache folder (two drivers never compute
+    the same cell at once; the second finds it cached).
+    """
+    import shutil
+    import tempfile
+
+    from mansu_audit.cache import cache_lock
+    from mansu_audit.certify import certify, model_content_sha256
+    from mansu_audit.details import compute_details, write_details
+
+    method, seed, overrides, _folder = cell
+    base = ctx.loaded_base()
+    cache = _SeededCache(ctx.cache, ctx.base_entries or {})
+    name = sha256_json({"method": method, "seed": seed, "overrides": list(overrides),
+                        "base": model_content_sha256(base), "benchmark": ctx.bundle.file_hashes(),
+                        "quantizers": list(ctx.quantizers)})
+    scratch = Path(tempfile.mkdtemp(prefix="mansu-cell-"))
+    try:
+        with _Threads(ctx.threads), cache_lock(ctx.cache, f"cell-{name[:32]}"):
+            store = ctx.store if ctx.store is not None else scratch / "checkpoints"
+            ckpt, record = unlearned_checkpoint(method, seed, overrides, base, ctx.bundle, store, device=ctx.device,
+                                                progress=ctx.progress)
+            candidate = load_model(ckpt)
+            staging = scratch / "out"
+            _log(ctx.progress, f"{method} seed {seed}: certifying through {', '.join(ctx.quantizers)}")
+            cert = certify(base, candidate, ctx.bundle, quantizers=ctx.quantizers, policy=ctx.policy, out=staging,
+                           cache=cache, progress=ctx.progress)
+            _log(ctx.progress, f"{method} seed {seed}: diagnostics and per-layer circuit mass")
+            details = compute_details(base, candidate, ctx.bundle, ctx.quantizers, cache,
+                                      base_attributions=ctx.base_attributions(), progress=ctx.progress)
+            write_details(staging, details, run_record(record))
+            del candidate
+        names = sorted((p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()),
+                       key=lambda n: (n == "certificate.json", n))
+        files = [(n, (staging / n).read_bytes()) for n in names]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"files": files, "body": cert.body, "record": record}
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequence[int], out: str | Path, *,
                base: str | Path | LoadedModel = "reference", benchmark: str | Path | Bundle = "synthhazard",
                policy=None, cache: ResultCache | None = None, overrides: Mapping[str, Sequence[str]] | None = None,
                device: str = "cpu", cell_dir: Callable[[str, int], str] = default_cell_dir,
-               progress: bool = True, title: str | None = None) -> MatrixRun:
-    """Run the grid into `out` (see the module docstring); returns the results and file paths."""
-    from tqdm.auto import tqdm
+               progress: bool = True, title: str | None = None, executor=None, threads: int | None = None,
+               include_forget_text: bool = False) -> MatrixRun:
+    """Run the grid into `out` (see the module docstring); returns the results and file paths.
 
-    from mansu_audit.certify import certify
-    from mansu_audit.details import BaseAttributions, compute_details, write_details
+    `executor` (default `InProcessExecutor()`; see `mansu_audit.executors`) runs the
+    base-model stage, then every (method, seed) cell; the driver (this call) writes
+    each cell's files, `matrix.json` and the reports, so the results do not depend
+    on the executor or on the number of workers, given the same CPU `threads` per
+    cell (default: the executor's `threads_per_cell`, else torch's current count).
+    """
+    from mansu_audit.executors import InProcessExecutor
     from mansu_audit.report import render_report
 
     quantizers = tuple(dict.fromkeys(q for q in quantizers if q != "fp32"))
@@ -274,29 +459,26 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
         raise InputError("output must be a folder", out)
     overrides = dict(overrides or {})
     cache = cache if cache is not None else ResultCache()
-    base_m = base if isinstance(base, LoadedModel) else load_model(base)
+    executor = executor if executor is not None else InProcessExecutor()
+    remote = not isinstance(executor, InProcessExecutor)
+    if not remote and not isinstance(base, LoadedModel):
+        base = load_model(base)  # fail early on a bad base; the cells share this one copy
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)
-    store = checkpoint_store(cache, out)
-    attributions = BaseAttributions()
+    store = None if remote and isinstance(cache, NoCache) else checkpoint_store(cache, out)
+    ctx = MatrixContext(base=base, bundle=bundle, policy=policy, cache=cache, quantizers=quantizers, device=device,
+                        store=store, progress=progress and not remote,
+                        threads=threads or getattr(executor, "threads_per_cell", None) or _torch_threads())
+    _log(progress, f"base model: evaluating through fp32, {', '.join(quantizers)} (once for every cell)")
+    ctx.base_entries = executor.map(evaluate_base, ctx, [None], ["base model"], progress=progress)[0]
+    grid = [(m, s, tuple(overrides.get(m, ())), cell_dir(m, s)) for m in methods for s in seeds]
+    done = executor.map(run_cell, ctx, grid, [f"{m} seed {s}" for m, s, _, _ in grid], progress=progress)
     cells, bodies = [], {}
-    grid = [(m, s) for m in methods for s in seeds]
-    bar = tqdm(grid, desc="matrix cells", unit="cell", disable=not progress, file=sys.stderr)
-    for method, seed in bar:
-        bar.set_postfix_str(f"{method} seed {seed}")
-        ckpt, record = unlearned_checkpoint(method, seed, overrides.get(method, ()), base_m, bundle, store,
-                                            device=device, progress=progress)
-        candidate = load_model(ckpt)
-        folder = out / cell_dir(method, seed)
-        _log(progress, f"{method} seed {seed}: certifying through {', '.join(quantizers)}")
-        cert = certify(base_m, candidate, bundle, quantizers=quantizers, policy=policy, out=folder, cache=cache,
-                       progress=progress)
-        _log(progress, f"{method} seed {seed}: diagnostics and per-layer circuit mass")
-        details = compute_details(base_m, candidate, bundle, quantizers, cache, base_attributions=attributions,
-                                  progress=progress)
-        write_details(folder, details, run_record(record))
-        cells.append(cell_summary(method, seed, cert.body, str(folder.relative_to(out))))
-        bodies.setdefault(method, []).append(cert.body)
-        del candidate
+    for (method, seed, _, folder_name), result in zip(grid, done):
+        folder = out / folder_name
+        for name, data in result["files"]:  # in the order the cell wrote them (certificate.json last)
+            atomic_write_bytes(folder / name, data)
+        cells.append(cell_summary(method, seed, result["body"], str(folder.relative_to(out))))
+        bodies.setdefault(method, []).append(result["body"])
     pooled = {m: pool_seeds(b) for m, b in bodies.items()} if len(seeds) > 1 else {}
     first = next(iter(bodies.values()))[0]
     results = {"schema": MATRIX_SCHEMA, "schema_version": MATRIX_SCHEMA_VERSION,
@@ -304,19 +486,16 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
                "overrides": {m: list(v) for m, v in sorted(overrides.items())},
                "base": first["models"]["base"], "benchmark": {k: first["benchmark"][k] for k in ("name", "files")},
                "policy": first["policy"], "suite": first["suite"], "title": title, "cells": cells, "pooled": pooled}
-    results_path = write_results(out, results)
+    results_path = write_results(results, out / MATRIX_FILE)
     html_path = write_matrix_html(out, results, title=title)
-    report_path = render_report(out, title=title)
+    report_path = render_report(out, title=title, include_forget_text=include_forget_text)
     return MatrixRun(results, out, results_path, html_path, report_path)
 
 
-def write_results(out: Path, results: Mapping) -> Path:
-    from mansu_audit.certify import json_safe
-
-    path = Path(out) / MATRIX_FILE
-    text = json.dumps(json_safe(dict(results)), indent=1, sort_keys=True, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
-    return path
+def write_results(results: Mapping, path: str | Path) -> Path:
+    """Write matrix `results` to `path` (strict JSON, atomic): `matrix.json`, or a baseline file."""
+    write_json(path, dict(results))
+    return Path(path)
 
 
 def read_results(path: str | Path) -> dict:
@@ -332,16 +511,6 @@ def read_results(path: str | Path) -> dict:
     if not isinstance(data.get("cells"), list) or not isinstance(data.get("pooled"), dict):
         raise InputError("matrix file has no 'cells' list or 'pooled' mapping", path)
     return data
-
-
-def save_baseline(results: Mapping, path: str | Path) -> Path:
-    """Write `results` as a baseline file (the same format as matrix.json)."""
-    from mansu_audit.certify import json_safe
-
-    path = Path(path)
-    text = json.dumps(json_safe(dict(results)), indent=1, sort_keys=True, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
-    return path
 
 
 def parse_tolerance(text: str | None) -> dict[str, float]:
@@ -411,51 +580,16 @@ def compare_to_baseline(results: Mapping, baseline: Mapping, tolerances: Mapping
     return problems
 
 
-def _stat_names(results: Mapping) -> list[str]:
-    return ["D_F", "D_R", *[f"G_Q[{q}]" for q in results["quantizers"]], "CAD"]
-
-
 def write_matrix_html(out: Path, results: Mapping, *, regressions: Sequence[str] | None = None,
                       baseline_path: str | None = None, title: str | None = None) -> Path:
-    """The comparison page: verdicts and statistics per cell and pooled, one chart per statistic."""
-    from mansu_audit.plots import Interval, interval_chart
-    from mansu_audit.report import environment, write_html
+    """The comparison page (`report.matrix_html`): the run's identity, verdicts and statistics per cell and
+    pooled, one chart per statistic with its policy threshold."""
+    from mansu_audit.report import matrix_html, write_html
 
-    stats = _stat_names(results)
-    verdict_names = ["F", "R", *[f"Q[{q}]" for q in results["quantizers"]], "S"]
-    charts = []
-    for stat in stats:
-        series = {}
-        for s in results["seeds"]:
-            by_method = {c["method"]: c for c in results["cells"] if c["seed"] == s}
-            series[f"seed {s}"] = [_interval(by_method.get(m, {}).get("statistics", {}).get(stat))
-                                   for m in results["methods"]]
-        if results["pooled"]:
-            series["pooled"] = [_interval(results["pooled"].get(m, {}).get("statistics", {}).get(stat))
-                                for m in results["methods"]]
-        charts.append(interval_chart(results["methods"], series, title=f"{stat} by method (95% CI)", width=560,
-                                     height=230, reference_lines=[(0.0, "0")]))
-    rows = []
-    for m in results["methods"]:
-        for c in results["cells"]:
-            if c["method"] == m:
-                rows.append({"label": f"{m} seed {c['seed']}", "pooled": False, **c})
-        if m in results["pooled"]:
-            rows.append({"label": f"{m} pooled ({results['pooled'][m]['n_seeds']} seeds)", "pooled": True,
-                         "folder": None, **results["pooled"][m]})
-    html = environment().get_template("matrix.html.j2").render(
-        title=title or "mansu-audit regression matrix", results=results, rows=rows, stats=stats,
-        verdict_names=verdict_names, charts=charts, regressions=regressions, baseline_path=baseline_path,
-        Interval=Interval)
+    html = matrix_html(Path(out), dict(results), regressions=regressions, baseline_path=baseline_path, title=title)
     path = Path(out) / MATRIX_HTML
     write_html(path, html)
     return path
-
-
-def _interval(e: Mapping | None):
-    from mansu_audit.plots import Interval
-
-    return Interval(None) if not e else Interval(e.get("point"), e.get("low"), e.get("high"))
 
 
 def format_matrix_table(results: Mapping) -> str:

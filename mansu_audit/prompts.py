@@ -8,12 +8,27 @@
 
 scored by the log-likelihood of the continuations " A", " B", ... The subject
 line is optional (`subject_line=True` adds it, as lm-eval's MMLU does).
+
+Chat templates (`--chat-template auto|on|off`): `chat_prompt_fn` wraps the
+prompt in the tokenizer's template as one user turn followed by the assistant
+generation prompt (lm-eval's `--apply_chat_template` convention); the scored
+continuation stays " A", " B", ... The template is rendered once when the
+wrapper is built, so a template the Jinja sandbox blocks (or that fails to
+render) is one `InputError` line before any evaluation.
+
+`pad_token_id(tokenizer)`: the one padding-id rule (pad, else eos, else 0) for
+evaluation, attribution and training batches.
 """
 from __future__ import annotations
 
+import hashlib
+from typing import Callable
+
 from mansu_audit.data import MCQItem
+from mansu_audit.errors import InputError, first_line
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CHAT_MODES = ("auto", "on", "off")
 
 
 def subject_header(subject: str) -> str:
@@ -36,3 +51,61 @@ def item_prompt(item: MCQItem, subject_line: bool = False, corrupt: bool = False
 
 def continuations(num_choices: int) -> list[str]:
     return [f" {LETTERS[i]}" for i in range(num_choices)]
+
+
+def pad_token_id(tokenizer) -> int:
+    """Padding id: the tokenizer's pad token, else its eos token, else 0 (padding is masked out anyway)."""
+    for tid in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+# --------------------------------------------------------------------------- chat templates
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def use_chat_template(tokenizer, mode: str = "auto") -> bool:
+    """auto: on iff the tokenizer ships a template (instruct models); on: required; off: never."""
+    if mode not in CHAT_MODES:
+        raise InputError(f"--chat-template must be one of {', '.join(CHAT_MODES)}, not '{mode}'")
+    if mode == "on" and not has_chat_template(tokenizer):
+        raise InputError("--chat-template on, but the tokenizer has no chat template")
+    return mode == "on" or (mode == "auto" and has_chat_template(tokenizer))
+
+
+def chat_prompt_fn(tokenizer, mode: str = "auto") -> Callable[[str], str] | None:
+    """A `prompt_fn` for `evaluate_mcq`: the MCQ prompt as one user turn, then the assistant prompt.
+
+    The scored continuation stays " A", " B", ... after the generation prompt, as
+    lm-eval's `--apply_chat_template`. A leading BOS in the rendered text is
+    dropped when the tokenizer adds BOS itself, so BOS never appears twice.
+    """
+    if not use_chat_template(tokenizer, mode):
+        return None
+    bos = getattr(tokenizer, "bos_token", None)
+    adds_bos = bool(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+
+    def wrap(prompt: str) -> str:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        if adds_bos and text.startswith(bos):
+            text = text[len(bos):]
+        return text
+
+    try:  # render once now: a template the Jinja sandbox blocks fails here, in one line
+        wrap("Question?\nA. yes\nB. no\nAnswer:")
+    except Exception as exc:  # jinja2 SecurityError / TemplateError, or a template raising its own error
+        raise InputError(f"the tokenizer's chat template cannot be rendered ({type(exc).__name__}: "
+                         f"{first_line(exc)}); use --chat-template off") from None
+    return wrap
+
+
+def chat_template_record(tokenizer, mode: str = "auto") -> dict:
+    """What the certificate records about prompting: mode, whether applied, template hash."""
+    applied = use_chat_template(tokenizer, mode)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {"mode": mode, "applied": applied,
+            "template_sha256": hashlib.sha256(template.encode()).hexdigest() if applied else None}

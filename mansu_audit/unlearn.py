@@ -23,7 +23,8 @@ import torch
 
 from mansu_audit.data import Bundle
 from mansu_audit.errors import InputError
-from mansu_audit.models import LoadedModel
+from mansu_audit.io import ordinary_permissions
+from mansu_audit.loading import LoadedModel, load_model, plan_device
 
 RECORD_NAME = "unlearn.json"
 RECORD_VERSION = 1
@@ -31,24 +32,13 @@ RECORD_VERSION = 1
 
 def resolve_method(method: str | type | Any):
     """A method instance from a registry name, `file.py:Class`, a class or an instance."""
-    from mansu_audit.methods import get_method
+    from mansu_audit.registry import get_method
 
     if isinstance(method, str):
         return get_method(method)()
     if isinstance(method, type):
         return method()
     return method
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """`None`/"auto" -> CUDA if available, then MPS, else CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 def _check_out(out: Path) -> None:
@@ -80,16 +70,6 @@ def _record(result, method, loaded: LoadedModel, bundle: Bundle, device: torch.d
     }
 
 
-def _default_permissions(folder: Path) -> None:
-    """mkdtemp makes 0700 folders; give the result the permissions a plain mkdir/open would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for p in folder.iterdir():
-        if p.is_file():
-            os.chmod(p, 0o666 & ~umask)
-
-
 def write_checkpoint(out: str | Path, model: torch.nn.Module, tokenizer, record: dict) -> Path:
     """Atomically write model (safetensors), tokenizer and `unlearn.json` to `out` (new or empty folder)."""
     out = Path(out)
@@ -99,7 +79,7 @@ def write_checkpoint(out: str | Path, model: torch.nn.Module, tokenizer, record:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-        _default_permissions(tmp)
+        ordinary_permissions(tmp)  # mkdtemp makes 0700 folders
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
@@ -117,16 +97,16 @@ def unlearn(method: str | type | Any, model: str | Path | LoadedModel, benchmark
     `overrides` are `key=value` strings or a dict, type-checked against the method's
     `Settings`. Returns the method's `UnlearnResult` (its `.model` is θu).
     """
-    from mansu_audit.api import as_bundle, as_loaded
+    from mansu_audit.api import as_bundle
     from mansu_audit.methods.base import UnlearnContext, parse_overrides
 
     instance = resolve_method(method)
     settings = parse_overrides(instance.Settings, overrides)
     if out is not None:
         _check_out(Path(out))
-    loaded = as_loaded(model)
+    loaded = load_model(model)
     bundle = as_bundle(benchmark)
-    dev = pick_device(device)
+    dev = plan_device(device).torch_device  # None/'auto': CUDA, then MPS, then CPU
     context = UnlearnContext(loaded.model, loaded.tokenizer, bundle, seed=seed, device=dev, progress=progress)
     start = time.perf_counter()
     result = instance.run(context, settings)

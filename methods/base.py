@@ -107,14 +107,10 @@ class UnlearningMethod(Protocol):
 
 
 class Method:
-    """Convenience base for methods: a description from the first docstring line, default settings."""
+    """Convenience base for methods: a `name` (set by the registry) and default settings."""
 
     name: ClassVar[str] = ""
     Settings: ClassVar[type] = MethodSettings
-
-    @classmethod
-    def description(cls) -> str:
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
     def run(self, context: UnlearnContext, settings: Any) -> UnlearnResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from mansu_audit.methods import register_method
-from mansu_audit.methods.base import Method, MethodSettings
+from mansu_audit.methods.base import Method
 from mansu_audit.methods.loop import (Batch, all_parameters, config_from_settings, data_from_settings, result_from_report,
                           sequence_nll, train_loop)
-from mansu_audit.methods.simnpo import simnpo_terms
+from mansu_audit.methods.simnpo import SimNPO, simnpo_terms
 
 
 def project_out(forget: dict[str, torch.Tensor], spanning: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -50,12 +50,9 @@ class GUSimNPO(Method):
     """SimNPO with the forget gradient projected off the retain-gradient subspace."""
 
     @dataclass
-    class Settings(MethodSettings):
-        steps: int = 60
-        lr: float = 1e-4
-        beta: float = 2.5
-        gamma: float = 0.0
-        retain_weight: float = 1.0
+    class Settings(SimNPO.Settings):
+        """SimNPO's settings (same defaults) plus the retain-subspace dimension."""
+
         retain_subspace_dim: int = 4
 
     def run(self, context, settings):

@@ -24,8 +24,8 @@ One loop, four extension points, so a method is only its objective:
 Data: `forget_sequences` / `retain_sequences` tokenise the bundle's
 `forget_corpus` (loss on every token), `forget_attr` MCQ prompts (loss on the
 answer letter, prompt as evaluated) and `retain_corpus`; `SequenceSampler`
-draws seeded, reshuffled-per-epoch batches. Same seed, same data, same
-device -> identical weights. The model is kept in eval mode (no dropout: our
+draws reshuffled-per-epoch batches from explicit `torch.Generator`s (no global
+seeding). Same seed, same data, same device -> identical weights. The model is kept in eval mode (no dropout: our
 choice, so runs are deterministic; gradients flow regardless).
 """
 from __future__ import annotations
@@ -36,8 +36,10 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from mansu_audit.architecture import decoder_layers as architecture_decoder_layers
 from mansu_audit.data import Bundle, MCQItem
 from mansu_audit.prompts import LETTERS, item_prompt
+from mansu_audit.prompts import pad_token_id as pad_id_of
 
 IGNORE = -100
 
@@ -65,11 +67,6 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.kinds)
-
-    @property
-    def last_positions(self) -> torch.Tensor:
-        """Index of each sequence's last real token [B] (the answer position of an MCQ prompt is last-1)."""
-        return self.attention_mask.sum(1) - 1
 
 
 def corpus_sequences(tokenizer, texts: Sequence[str], max_length: int = 128) -> list[TrainSequence]:
@@ -116,13 +113,6 @@ def retain_sequences(bundle: Bundle, tokenizer, max_length: int = 128) -> list[T
     return corpus_sequences(tokenizer, bundle.texts("retain_corpus"), max_length)
 
 
-def pad_id_of(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
 def collate(seqs: Sequence[TrainSequence], pad_id: int) -> Batch:
     width = max(len(s.ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -136,13 +126,17 @@ def collate(seqs: Sequence[TrainSequence], pad_id: int) -> Batch:
 
 
 class SequenceSampler:
-    """Seeded batches without replacement, reshuffled each epoch (deterministic under `seed`)."""
+    """Batches without replacement, reshuffled each epoch, drawn from an explicit `torch.Generator`.
 
-    def __init__(self, seqs: Sequence[TrainSequence], batch_size: int, pad_id: int, seed: int):
+    `seed` is an int (a fresh generator seeded with it) or a generator to draw from
+    (deterministic under its state; shared generators interleave their draws).
+    """
+
+    def __init__(self, seqs: Sequence[TrainSequence], batch_size: int, pad_id: int, seed: int | torch.Generator):
         if not seqs:
             raise ValueError("no training sequences")
         self.seqs, self.batch_size, self.pad_id = list(seqs), min(batch_size, len(seqs)), pad_id
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
         self._order: list[int] = []
 
     def next(self) -> Batch:
@@ -232,34 +226,10 @@ def select_parameters(model: torch.nn.Module, predicate: Callable[[str], bool]) 
     return chosen
 
 
-def row_mask(param: torch.Tensor, rows: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Bool mask training only `rows` (output units; gate/up rows = MLP neurons)."""
-    mask = torch.zeros_like(param, dtype=torch.bool)
-    mask[torch.as_tensor(rows, dtype=torch.long)] = True
-    return mask
-
-
-def column_mask(param: torch.Tensor, columns: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Bool mask training only `columns` (input units; down_proj columns = MLP neurons)."""
-    mask = torch.zeros_like(param, dtype=torch.bool)
-    mask[:, torch.as_tensor(columns, dtype=torch.long)] = True
-    return mask
-
-
-def layer_index(name: str) -> int | None:
-    """The decoder layer number in a parameter name ('model.layers.3.mlp...' -> 3), else None."""
-    parts = name.split(".")
-    for a, b in zip(parts, parts[1:]):
-        if a in ("layers", "h", "layer", "blocks") and b.isdigit():
-            return int(b)
-    return None
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The transformer blocks of a HF causal LM (Llama/Qwen/Mistral/Gemma: model.layers; GPT-2: transformer.h)."""
-    base = getattr(model, "model", None) or getattr(model, "transformer", None)
-    layers = getattr(base, "layers", None) or getattr(base, "h", None)
-    if layers is None:
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a causal LM, from the one architecture table (`mansu_audit.architecture`)."""
+    layers = [block for _, block in architecture_decoder_layers(model)]
+    if not layers:
         raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
     return layers
 
@@ -345,7 +315,7 @@ def _restore_masked(params: dict[str, torch.nn.Parameter], masks: dict[str, torc
 def train_loop(model: torch.nn.Module, objective: Objective, data: UnlearnData, config: LoopConfig, *,
                trainable: TrainableSpec | None = None, step_projection: StepProjection | None = None,
                gradient_transform: GradientTransform | None = None,
-               stop_rule: StopRule | None = None) -> LoopReport:
+               stop_rule: StopRule | None = None, generator: torch.Generator | None = None) -> LoopReport:
     """Optimise `model` in place for `config.steps` steps of `objective`; returns the report.
 
     Per step: draw a forget batch (and a retain batch if `data.retain`), compute the
@@ -353,14 +323,20 @@ def train_loop(model: torch.nn.Module, objective: Objective, data: UnlearnData, 
     gradients), zero gradients outside the masks, clip, AdamW step, restore masked
     entries, call `step_projection(step, before, params)`, restore masked entries
     again. `stop_rule(step, logs)` returning True ends training after that step.
+
+    Randomness comes only from explicit generators (the process-wide torch RNG is
+    neither seeded nor used): by default the forget batches from one seeded with
+    `config.seed`, the retain batches from one seeded with `config.seed + 1`; pass
+    `generator` to draw both from it instead.
     """
-    torch.manual_seed(config.seed)
     device = next(model.parameters()).device
     params, masks = _resolve_trainable(model, trainable)
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
-    forget = SequenceSampler(data.forget, config.batch_size, data.pad_id, config.seed)
-    retain = SequenceSampler(data.retain, config.batch_size, data.pad_id, config.seed + 1) if data.retain else None
+    forget = SequenceSampler(data.forget, config.batch_size, data.pad_id,
+                             config.seed if generator is None else generator)
+    retain = SequenceSampler(data.retain, config.batch_size, data.pad_id,
+                             config.seed + 1 if generator is None else generator) if data.retain else None
     report = LoopReport(0, 0.0, trainable_parameters=sum(
         int(masks[n].sum()) if n in masks else p.numel() for n, p in params.items()))
     bar = None

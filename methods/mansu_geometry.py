@@ -403,16 +403,22 @@ def magnitude_floor(theta0: torch.Tensor, delta: torch.Tensor, coords: torch.Ten
 # --------------------------------------------------------------------------- post-conditions
 
 
-def nf4_codes(weight: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    geo = nf4_geometry(weight, blocksize)
-    return geo.codes.reshape(weight.shape), geo.absmax
+def grid_codes(grid: str, weight: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scales) of `weight` under the registered data-free quantizer `grid` (nf4, int8, ...).
 
+    Calls the quantizer's own per-weight function (`quantizers.weight_quantizer`), so the
+    post-condition measures exactly what `certify` deploys (int8 included: it casts to
+    float16 first, as bitsandbytes' Int8Params does). `blocksize` other than 64 (MANSU's
+    `blocksize` setting) runs the same nf4 function at that block size.
+    """
+    from mansu_audit.quantizers import weight_quantizer
+    from mansu_audit.quantizers.nf4 import DEFAULT_BLOCKSIZE, quantize_weight_4bit
 
-def int8_codes(weight: torch.Tensor) -> torch.Tensor:
-    """LLM.int8() row-wise codes: clamp(round(W / (absmax_row/127)), −127, 127)."""
-    w = weight.float()
-    scale = w.abs().amax(dim=1, keepdim=True) / 127.0
-    return torch.clamp(torch.round(w / torch.where(scale == 0, torch.ones_like(scale), scale)), -127, 127)
+    if grid == "nf4" and blocksize != DEFAULT_BLOCKSIZE:
+        _, record = quantize_weight_4bit(grid, weight, "nf4", double_quant=False, blocksize=blocksize)
+    else:
+        _, record = weight_quantizer(grid)(grid, weight)
+    return record.codes, record.scales
 
 
 @dataclass
@@ -460,18 +466,19 @@ class PostCondition:
 
 @torch.no_grad()
 def post_condition(theta0: Sequence[torch.Tensor], theta_u: Sequence[torch.Tensor],
-                   updated: Sequence[torch.Tensor], blocksize: int = 64, threshold: float = 0.95) -> PostCondition:
-    """NF4 code changes (with each model's own block absmax, i.e. the real quantizer) and
-    int8 code changes over the updated coordinates of full weight matrices."""
+                   updated: Sequence[torch.Tensor], blocksize: int = 64, threshold: float = 0.95,
+                   grids: Sequence[str] = ("nf4", "int8")) -> PostCondition:
+    """Code changes over the updated coordinates of full weight matrices, per registered quantizer
+    in `grids` (each model quantized with its own scales, i.e. the real quantizer); nf4 also
+    reports whether every block absmax was preserved."""
     report = PostCondition(threshold=threshold)
-    c0, c1, preserved = [], [], True
-    for w0, w1 in zip(theta0, theta_u):
-        a, m0 = nf4_codes(w0, blocksize)
-        b, m1 = nf4_codes(w1, blocksize)
-        c0.append(a), c1.append(b)
-        preserved &= bool(torch.equal(m0, m1))
-    report.grids["nf4"] = code_change_report("nf4", c0, c1, updated)
-    report.grids["int8"] = code_change_report("int8", [int8_codes(w) for w in theta0],
-                                              [int8_codes(w) for w in theta_u], updated)
-    report.absmax_preserved = preserved
+    for grid in grids:
+        c0, c1 = [], []
+        for w0, w1 in zip(theta0, theta_u):
+            a, m0 = grid_codes(grid, w0, blocksize)
+            b, m1 = grid_codes(grid, w1, blocksize)
+            c0.append(a), c1.append(b)
+            if grid == "nf4":
+                report.absmax_preserved &= bool(torch.equal(m0, m1))
+        report.grids[grid] = code_change_report(grid, c0, c1, updated)
     return report

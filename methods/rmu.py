@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
+from mansu_audit.architecture import layer_index
 from mansu_audit.methods import register_method
 from mansu_audit.methods.base import Method, MethodSettings
 from mansu_audit.methods.loop import (check_layers, SequenceSampler, config_from_settings, data_from_settings, hidden_after_layer,
-                          layer_index, masked_mse, result_from_report, select_parameters, train_loop)
+                          masked_mse, result_from_report, select_parameters, train_loop)
 
 
 @torch.no_grad()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mansu_audit.architecture import layer_index
 from mansu_audit.methods import register_method
 from mansu_audit.methods.base import Method, MethodSettings
-from mansu_audit.methods.loop import (check_layers, config_from_settings, data_from_settings, layer_index, result_from_report,
+from mansu_audit.methods.loop import (check_layers, config_from_settings, data_from_settings, result_from_report,
                           select_parameters, sequence_nll, train_loop)
 
 

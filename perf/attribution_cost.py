@@ -54,7 +54,7 @@ def load(spec: str, device: str):
                           num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
         print("reference weights absent: random model of the reference's shape")
         return LlamaForCausalLM(cfg).eval().to(device), tok, "random reference-shaped"
-    from mansu_audit.models import load_model
+    from mansu_audit.loading import load_model
 
     loaded = load_model(spec, device=device)
     return loaded.model, loaded.tokenizer, loaded.name

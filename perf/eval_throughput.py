@@ -24,7 +24,7 @@ from test_lm_eval_parity import run_lm_eval  # noqa: E402  (the same lm-eval tas
 
 from mansu_audit.data import load_bundle  # noqa: E402
 from mansu_audit.evaluate import evaluate_mcq  # noqa: E402
-from mansu_audit.models import load_model  # noqa: E402
+from mansu_audit.loading import load_model  # noqa: E402
 
 
 def main() -> int:

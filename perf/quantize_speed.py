@@ -21,7 +21,7 @@ import torch
 
 
 def reference_or_random():
-    from mansu_audit.models import BUNDLED_MODELS, load_model
+    from mansu_audit.loading import BUNDLED_MODELS, load_model
 
     if (BUNDLED_MODELS["reference"] / "model.safetensors").is_file():
         loaded = load_model("reference")

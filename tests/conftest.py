@@ -49,7 +49,7 @@ def tiny_model(ref_tokenizer):
 @pytest.fixture(scope="session")
 def reference():
     """The bundled trained reference model (skips if its weights are not built yet)."""
-    from mansu_audit.models import load_model
+    from mansu_audit.loading import load_model
 
     if not (REFERENCE_DIR / "model.safetensors").is_file():
         pytest.skip("reference model weights not built (benchmarks_data/reference-model/train.py)")

@@ -74,3 +74,19 @@ def test_neuron_parameter_count_includes_biases_for_gpt2(ref_tokenizer):
 def test_unsupported_model_is_refused():
     with pytest.raises(ValueError, match="no circuit adapter"):
         adapter_for(torch.nn.Linear(2, 2))
+
+
+def test_one_padding_rule_for_every_batcher(ref_tokenizer):
+    """Evaluation, attribution and training pad with the same id (pad, else eos, else 0)."""
+    import copy
+
+    from mansu_audit.methods.loop import pad_id_of
+    from mansu_audit.prompts import pad_token_id
+
+    assert pad_id is pad_token_id and pad_id_of is pad_token_id
+    assert pad_token_id(ref_tokenizer) == ref_tokenizer.pad_token_id
+    tok = copy.deepcopy(ref_tokenizer)
+    tok.pad_token = None
+    assert pad_token_id(tok) == tok.eos_token_id
+    tok.eos_token = None
+    assert pad_token_id(tok) == 0

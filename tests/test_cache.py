@@ -15,18 +15,24 @@ from mansu_audit.cache import (CACHE_ENV, NoCache, ResultCache, default_cache_di
                                tokenizer_sha256)
 from mansu_audit.data import BUNDLED_DATA, load_bundle
 from mansu_audit.errors import InputError
-from mansu_audit.models import model_from_objects
+from mansu_audit.loading import model_from_objects
 from mansu_audit.policy import Policy
 
 certify_module = importlib.import_module("mansu_audit.certify")  # the module (mansu_audit.certify is the function)
 FAST = Policy(bootstrap_replicates=500)
 
 
-def small_bundle(root, n=24, edit_retain_question=False):
-    """A copy of synthhazard with `n` items per MCQ split (fast tests); optionally one retain question edited."""
+def small_bundle(root, n=24, edit_retain_question=False, keep_attack=False):
+    """A copy of synthhazard with `n` items per MCQ split (fast tests); optionally one retain question edited.
+
+    Without `keep_attack` the copy has no `forget_attack` split, so `certify(relearn="auto")` does not
+    run the relearning attack (K is NOT COMPUTED): the tests that use this fixture stay fast, and K has
+    its own tests (tests/test_recovery.py, tests/test_verdict_panel.py)."""
     src = BUNDLED_DATA / "synthhazard"
     root.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((src / "manifest.json").read_text())
+    if not keep_attack:
+        manifest["splits"].pop("forget_attack", None)
     for name, spec in manifest["splits"].items():
         lines = (src / spec["path"]).read_text().splitlines()[:n]
         if edit_retain_question and name == "retain_eval":
@@ -67,11 +73,14 @@ def test_state_dict_hash_follows_content(ref_tokenizer):
 
 def test_cache_round_trip_and_corruption(tmp_path):
     cache = ResultCache(tmp_path / "c")
-    k1 = ResultCache.key("stage", {"model": "m1", "settings": {"b": 2, "a": 1}})
+    inputs = {"model": "m1", "settings": {"b": 2, "a": 1}}
+    k1 = ResultCache.key("stage", inputs)
     assert k1 == ResultCache.key("stage", {"settings": {"a": 1, "b": 2}, "model": "m1"})  # order-free
     assert k1 != ResultCache.key("stage", {"model": "m2", "settings": {"b": 2, "a": 1}})
     assert cache.get(k1) is None
-    cache.put(k1, {"x": [1, 2, float("-inf")]})
+    with pytest.raises(ValueError):
+        cache.put(k1, {"x": 1}, stage="stage", inputs={"model": "m2"})  # a key that is not its inputs' hash
+    cache.put(k1, {"x": [1, 2, float("-inf")]}, stage="stage", inputs=inputs)
     assert cache.get(k1) == {"x": [1, 2, float("-inf")]} and k1 in cache
     assert not list((tmp_path / "c").rglob("*.tmp"))  # atomic write leaves no temp files
     path = next((tmp_path / "c").rglob(f"{k1}.json"))
@@ -100,7 +109,8 @@ def run(base, cand, bundle, cache, monkeypatch, fail_at=None):
     counter = CountingEvaluator(fail_at)
     monkeypatch.setattr(certify_module, "evaluate_mcq", counter)
     try:
-        cert = certify_module.certify(base, cand, bundle, quantizers=("int8",), policy=FAST, cad=None, cache=cache)
+        cert = certify_module.certify(base, cand, bundle, quantizers=("int8",), policy=FAST, cad=None, cache=cache,
+                                      relearn=None, consistency=None)
     finally:
         monkeypatch.setattr(certify_module, "evaluate_mcq", counter.real)
     return cert, counter.calls
@@ -151,7 +161,8 @@ def test_cached_predictions_equal_fresh_ones(pair, tmp_path, monkeypatch):
     cache = ResultCache(tmp_path / "cache")
     cert, _ = run(base, cand, bundle, cache, monkeypatch)
     fresh = certify_module.evaluate_mcq(cand.model, cand.tokenizer, bundle.split("forget_eval"))
-    np.testing.assert_array_equal(cert.body["per_item"]["forget_eval"]["predictions"]["candidate/fp32"],
+    np.testing.assert_array_equal(cert.body["per_item"]["forget_eval"]["predictions"][
+        certify_module.variant_key(certify_module.CANDIDATE, certify_module.UNQUANTIZED)],
                                   fresh.predictions)
 
 
@@ -159,7 +170,7 @@ def test_atomic_write_is_all_or_nothing_with_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from mansu_audit.cache import atomic_write_bytes
+    from mansu_audit.io import atomic_write_bytes
 
     old = os.umask(0o022)
     try:
@@ -214,3 +225,74 @@ def test_cad_without_usable_items_is_one_clear_error(pair, tmp_path):
     bundle = dataclasses.replace(bundle, mcq={**bundle.mcq, "forget_attr": bad})
     with pytest.raises(InputError, match="CAD on forget_attr impossible"):
         certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=NoCache())
+
+
+def _entry_variants(entry: dict, key: str) -> dict:
+    """Every way a stored entry can be wrong: each must be a miss, never used, never a crash."""
+    value = entry["value"]
+    wrong_pred = json.loads(json.dumps(entry))
+    wrong_pred["value"]["result"]["predictions"][0] = (value["result"]["predictions"][0] + 1) % 4
+    short = json.loads(json.dumps(entry))
+    short["value"]["result"]["predictions"] = value["result"]["predictions"][:-1]
+    from mansu_audit.cache import value_sha256
+    short["value_sha256"] = value_sha256(short["value"])  # digest recomputed: caught by the shape check
+    no_result = json.loads(json.dumps(entry))
+    del no_result["value"]["result"]
+    no_result["value_sha256"] = value_sha256(no_result["value"])
+    bad_ids = json.loads(json.dumps(entry))
+    bad_ids["value"]["result"]["ids"][0] = "someone-else"
+    bad_ids["value_sha256"] = value_sha256(bad_ids["value"])
+    other_inputs = json.loads(json.dumps(entry))
+    other_inputs["inputs"]["variant"] = "int8"  # an entry moved to another key's file
+    legacy = {"key": key, "value": value}  # the unchecked format of earlier versions
+    return {"edited predictions": json.dumps(wrong_pred).encode(), "short arrays": json.dumps(short).encode(),
+            "missing key": json.dumps(no_result).encode(), "other ids": json.dumps(bad_ids).encode(),
+            "moved entry": json.dumps(other_inputs).encode(), "legacy format": json.dumps(legacy).encode(),
+            "non-UTF-8": b'{"format": 2, "key": "\xff\xfe"}', "not JSON": b"\x00\x01garbage",
+            "JSON list": b"[1, 2, 3]", "empty file": b""}
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("case", ["edited predictions", "short arrays", "missing key", "non-UTF-8",
+                                  *(pytest.param(c, marks=SLOW) for c in ("other ids", "moved entry", "legacy format",
+                                                                          "not JSON", "JSON list", "empty file"))])
+def test_poisoned_cache_entry_is_recomputed_and_replaced(pair, tmp_path, monkeypatch, capsys, case):
+    """A bad entry is a miss: one warning line, recomputed, replaced; the result equals a cold run."""
+    base, cand = pair
+    bundle = small_bundle(tmp_path / "bundle", n=12)
+    cache = ResultCache(tmp_path / "cache")
+    cold, calls = run(base, cand, bundle, cache, monkeypatch)
+    assert calls == 8
+    entries = sorted((tmp_path / "cache").rglob("*.json"))
+    target = next(p for p in entries if json.loads(p.read_text())["inputs"]["variant"] == certify_module.UNQUANTIZED
+                  and json.loads(p.read_text())["inputs"]["split"] == "forget_eval"
+                  and json.loads(p.read_text())["inputs"]["model"] == certify_module.model_content_sha256(cand))
+    good = target.read_bytes()
+    target.write_bytes(_entry_variants(json.loads(good), target.stem)[case])
+    capsys.readouterr()
+    again, calls = run(base, cand, bundle, cache, monkeypatch)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert calls == 1  # only the poisoned evaluation is redone
+    assert len(err) == 1 and "warning: cache entry" in err[0] and target.name in err[0], err
+    assert again.body == cold.body  # never used: the result equals the cold run
+    assert json.loads(target.read_bytes()) == json.loads(good)  # replaced by the recomputed entry
+    _, calls = run(base, cand, bundle, cache, monkeypatch)
+    assert calls == 0 and not capsys.readouterr().err  # and now trusted again
+
+
+def test_poisoned_cad_entry_is_recomputed(pair, tmp_path, capsys):
+    base, cand = pair
+    bundle = small_bundle(tmp_path / "bundle", n=8)
+    cache = ResultCache(tmp_path / "cache")
+    stages = dict(relearn=None, consistency=None)
+    cold = certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=cache, **stages)
+    target = next(p for p in (tmp_path / "cache").rglob("*.json") if json.loads(p.read_text())["stage"] == "cad")
+    entry = json.loads(target.read_text())
+    entry["value"]["cad"]["low"] = 0.99  # make S look like a PASS
+    target.write_text(json.dumps(entry))
+    capsys.readouterr()
+    again = certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=cache, **stages)
+    assert again.body == cold.body
+    assert "value does not match its recorded SHA-256" in capsys.readouterr().err

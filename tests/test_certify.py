@@ -13,7 +13,7 @@ from mansu_audit.cache import NoCache, ResultCache
 from mansu_audit.cli import main
 from mansu_audit.compat import check_compatible
 from mansu_audit.errors import InputError
-from mansu_audit.models import LoadedModel, model_from_objects
+from mansu_audit.loading import LoadedModel, model_from_objects
 from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate
 from test_cache import small_bundle
@@ -45,8 +45,10 @@ def test_cad_given_as_estimate_values_or_hook(pair, small):
     given = Estimate(0.9, 0.7, 1.1, 16, 500, 0, 0.95, "given")
     cert = certify_module.certify(base, cand, small, quantizers=(), policy=FAST, cad=given, cache=NoCache())
     assert cert.body["statistics"]["cad"]["point"] == 0.9
-    # CAD alone would pass, but a random tiny model answers one letter: the over-unlearning guard forbids PASS.
-    assert cert.desiderata["S"]["verdict"] == "FAIL" and "over-unlearning" in cert.desiderata["S"]["reason"]
+    # CAD alone would pass, but an Estimate carries no random-circuit control: S cannot PASS without one
+    # (schema 2); and a random tiny model answers one letter: the over-unlearning guard fails the certificate.
+    assert cert.desiderata["S"]["verdict"] == "INCONCLUSIVE" and "control" in cert.desiderata["S"]["reason"]
+    assert cert.verdict == "FAIL" and any(g["scope"] == "all" for g in cert.body["guard"])
     values = np.full(16, 0.2)
     cert = certify_module.certify(base, cand, small, quantizers=(), policy=FAST, cad=values, cache=NoCache())
     assert cert.desiderata["S"]["verdict"] == "FAIL"  # CAD 0.2 with zero spread: wholly below min_cad 0.5
@@ -195,7 +197,7 @@ CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}{% if add
 def test_chat_template_changes_prompts_is_recorded_and_keys_the_cache(pair, small, tmp_path):
     """--chat-template on wraps every prompt, is recorded in the certificate and never reuses plain-prompt results."""
     from mansu_audit.evaluate import evaluate_mcq
-    from mansu_audit.loaders import chat_prompt_fn
+    from mansu_audit.prompts import chat_prompt_fn
 
     base, cand = pair
     tok = copy.deepcopy(base.tokenizer)
@@ -213,9 +215,9 @@ def test_chat_template_changes_prompts_is_recorded_and_keys_the_cache(pair, smal
     wrap = chat_prompt_fn(tok, "on")
     assert wrap("Q?").startswith("<|user|>Q?") and wrap("Q?").endswith("<|assistant|>")
     direct = evaluate_mcq(cand.model, tok, small.split("forget_eval"), prompt_fn=wrap)
-    assert chat.body["per_item"]["forget_eval"]["predictions"]["candidate/fp32"] == direct.predictions.tolist()
+    assert chat.body["per_item"]["forget_eval"]["predictions"]["candidate/unquantized"] == direct.predictions.tolist()
     plain_direct = evaluate_mcq(cand.model, tok, small.split("forget_eval"))
-    assert plain.body["per_item"]["forget_eval"]["predictions"]["candidate/fp32"] == plain_direct.predictions.tolist()
+    assert plain.body["per_item"]["forget_eval"]["predictions"]["candidate/unquantized"] == plain_direct.predictions.tolist()
     assert direct.predictions.tolist() != plain_direct.predictions.tolist() or \
         not np.allclose(direct.margin, plain_direct.margin)
 

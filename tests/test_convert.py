@@ -14,7 +14,7 @@ from mansu_audit.cli import main
 from mansu_audit.convert import (ConvertOptions, FieldMap, convert_generic, convert_mmlu, convert_wmdp,
                                  neutral_corrupt, rematch_corrupt, split_forget)
 from mansu_audit.convert.bundle import NEUTRAL_FILLER
-from mansu_audit.convert.generic import read_table, rows_to_items
+from mansu_audit.convert.readers import read_table, rows_to_items
 from mansu_audit.data import load_bundle
 from mansu_audit.errors import InputError
 from mansu_audit.prompts import format_prompt, item_prompt
@@ -203,7 +203,7 @@ def test_wmdp_bundle_evaluates_with_lm_eval_subject_line(ref_tokenizer, tmp_path
     from conftest import tiny_llama
     from mansu_audit.api import evaluate
     from mansu_audit.evaluate import evaluate_mcq
-    from mansu_audit.models import model_from_objects
+    from mansu_audit.loading import model_from_objects
 
     bundle = load_bundle(convert_wmdp(WMDP_DIR, "wmdp-bio", tmp_path / "w", _opts(attr_fraction=0.5)))
     assert bundle.subject_line and bundle.manifest["prompt"] == {"subject_line": True}

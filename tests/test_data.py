@@ -116,3 +116,51 @@ def test_cli_reports_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "retain_eval.jsonl:4: answer -1 out of range" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_training_and_attack_splits_load_as_mcq(bundle):
+    for name in ("forget_train", "forget_attack", "retain_train"):
+        items = bundle.split(name)
+        assert len(items) == 120 and all(len(it.choices) == 4 for it in items)
+    eval_questions = {it.question for s in ("forget_eval", "retain_eval", "forget_attr") for it in bundle.split(s)}
+    assert not eval_questions & {it.question for it in bundle.split("forget_attack")}
+
+
+def _drop_splits(root: Path, names) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    for name in names:
+        manifest["splits"].pop(name)
+        (root / f"{name}.jsonl").unlink()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_old_bundle_without_training_splits_still_loads(tmp_path):
+    root = _copy_bundle(tmp_path)
+    _drop_splits(root, ("forget_train", "forget_attack", "retain_train"))
+    loaded = load_bundle(root)
+    assert set(loaded.mcq) == {"forget_eval", "retain_eval", "forget_attr"}
+
+
+@pytest.mark.parametrize("split, line, field, source, message", [
+    ("forget_attack", 3, "id", ("forget_eval", 1), "id 'fe-0000' also appears in split 'forget_eval'"),
+    ("retain_train", 5, "question", ("retain_eval", 2), "also appears in evaluation split 'retain_eval'"),
+    ("forget_train", 7, "question", ("forget_attr", 4), "also appears in evaluation split 'forget_attr'"),
+])
+def test_training_split_overlapping_an_eval_split_is_refused(tmp_path, split, line, field, source, message):
+    root = _copy_bundle(tmp_path)
+    src = json.loads((root / f"{source[0]}.jsonl").read_text().splitlines()[source[1] - 1])
+    value = src[field] if field == "id" else "  " + src[field].upper() + " "  # case and spacing do not hide it
+    _edit(root / f"{split}.jsonl", line, **{field: value})
+    with pytest.raises(InputError) as err:
+        load_bundle(root)
+    text = str(err.value)
+    assert text.startswith(f"{root / (split + '.jsonl')}:{line}: ") and message in text and "\n" not in text
+
+
+def test_training_split_must_be_mcq(tmp_path):
+    root = _copy_bundle(tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["splits"]["forget_attack"]["kind"] = "corpus"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="split 'forget_attack' must be of kind 'mcq'"):
+        load_bundle(root)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mansu_audit.diagnostics import DATA_FREE_GPTQ, HISTOGRAM_EDGES, diagnose
+from mansu_audit.diagnostics import DATA_FREE_GPTQ, GPTQ_DATAFREE, HISTOGRAM_EDGES, diagnose
 from mansu_audit.errors import InputError
 from mansu_audit.quantizers import linear_weight, quantizable_linears, quantize_model
 from mansu_audit.quantizers.nf4 import fake_quant_4bit, nf4_bin_geometry
@@ -73,11 +73,14 @@ def test_layer_numbers_match_direct_computation(tiny_model):
 def test_data_free_gptq_and_to_dict(tiny_model):
     cand = perturbed(tiny_model, lambda n, w: w * 1.01)
     d = diagnose(tiny_model, cand, ["gptq", "rtn-int4-g128", "int8"])
-    assert d.quantizers["gptq"].mode == DATA_FREE_GPTQ and d.quantizers["int8"].mode == "exact"
+    # without calibration "gptq" is reported under the proxy's own name, never as gptq
+    assert list(d.quantizers) == [GPTQ_DATAFREE, "rtn-int4-g128", "int8"]
+    assert d.quantizers[GPTQ_DATAFREE].mode == DATA_FREE_GPTQ and d.quantizers["int8"].mode == "exact"
+    assert list(diagnose(tiny_model, cand, [GPTQ_DATAFREE, "gptq-act-order"]).quantizers) == [GPTQ_DATAFREE]
     payload = json.loads(json.dumps(d.to_dict()))
     assert payload["histogram_edges"][-1] == "inf"
-    assert set(payload["quantizers"]) == {"gptq", "rtn-int4-g128", "int8"}
-    assert len(payload["quantizers"]["gptq"]["layers"]) == 14
+    assert set(payload["quantizers"]) == {GPTQ_DATAFREE, "rtn-int4-g128", "int8"}
+    assert len(payload["quantizers"][GPTQ_DATAFREE]["layers"]) == 14
     # int8's grid is finer than 4-bit: the same update is larger relative to its bin width
     assert d.quantizers["int8"].overall.rms_delta_over_bin > d.quantizers["rtn-int4-g128"].overall.rms_delta_over_bin
 
@@ -115,12 +118,16 @@ def test_cli_json_and_table(saved_pair, capsys):
     assert main(["diagnose", "--base", str(base), "--candidate", str(cand), "--quantizers", "nf4,gptq,int8",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert list(out["quantizers"]) == ["nf4", GPTQ_DATAFREE, "int8"]  # no calibration: the proxy's own name
     nf4 = out["quantizers"]["nf4"]
     changed = [layer for layer in nf4["layers"] if layer["frac_updated"] > 0]
     assert changed and all(layer["name"].endswith("down_proj") for layer in changed)
     assert main(["diagnose", "--base", str(base), "--candidate", str(cand), "--quantizers", "nf4"]) == 0
     table = capsys.readouterr().out
     assert "rms(d)/bin" in table and "overall" in table
+    assert main(["diagnose", "--base", str(base), "--candidate", str(cand)]) == 0  # default: nf4,gptq-datafree,int8
+    table = capsys.readouterr().out
+    assert GPTQ_DATAFREE in table and "note: gptq-datafree: data-free proxy" in table
 
 
 def test_cli_unknown_quantizer_exits_2(saved_pair, capsys):

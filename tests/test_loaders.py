@@ -12,10 +12,12 @@ from conftest import tiny_llama
 from mansu_audit.cli import main
 from mansu_audit.errors import InputError
 from mansu_audit.evaluate import evaluate_mcq
-from mansu_audit.loaders import (AutoBatch, chat_prompt_fn, chat_template_record, fresh_copy, gguf_info,
-                                 load_tokenizer, needs_loader, plan_device)
-from mansu_audit.models import load_model
-from mansu_audit.prompts import continuations, item_prompt
+from mansu_audit.batching import AutoBatch
+from mansu_audit.loading import fresh_copy, load_model, load_tokenizer, model_file_map, plan_device
+from mansu_audit.loading.gguf import gguf_info
+from mansu_audit.loading.hub import is_hub_id
+from mansu_audit.loading.lora import peft_available
+from mansu_audit.prompts import chat_prompt_fn, chat_template_record, continuations, item_prompt
 
 TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
 
@@ -94,7 +96,7 @@ def test_rslora_scale_and_explicit_base(tmp_path, base_dir):
     assert torch.equal(merged.model.layers[1].mlp.up_proj.weight, base.model.layers[1].mlp.up_proj.weight)
 
 
-def test_adapter_refusals_are_one_line(tmp_path, base_dir, ref_tokenizer, capsys):
+def test_adapter_refusals_are_one_line(tmp_path, base_dir, ref_tokenizer, capsys, monkeypatch):
     other = tmp_path / "other"
     tiny_llama(len(ref_tokenizer), hidden=32, intermediate=64).save_pretrained(other)
     ref_tokenizer.save_pretrained(other)
@@ -103,8 +105,13 @@ def test_adapter_refusals_are_one_line(tmp_path, base_dir, ref_tokenizer, capsys
         load_model(tmp_path / "a")
     write_adapter(tmp_path / "dora", load_model(base_dir).model, base_name=str(base_dir),
                   extra_cfg={"use_dora": True})
-    with pytest.raises(InputError, match="DoRA"):
-        load_model(tmp_path / "dora")
+    with monkeypatch.context() as m:  # the built-in merge (peft absent) refuses DoRA by name
+        m.setattr("mansu_audit.loading.lora.peft_available", lambda: False)
+        with pytest.raises(InputError, match=r"DoRA \(use_dora\).*pip install 'mansu-audit\[peft\]'"):
+            load_model(tmp_path / "dora")
+    if peft_available():  # peft merges DoRA, but this adapter lacks the magnitude vectors DoRA needs
+        with pytest.raises(InputError, match="adapter lacks tensor .*lora_magnitude_vector"):
+            load_model(tmp_path / "dora")
     pickled = tmp_path / "pickled"
     write_adapter(pickled, load_model(base_dir).model, base_name=str(base_dir))
     (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
@@ -150,7 +157,7 @@ def test_hub_id_loads_from_cache_offline(tmp_path, base_dir, monkeypatch):
     with pytest.raises(InputError, match="not in the local cache and HF_HUB_OFFLINE is set"):
         load_model("tinyorg/tiny-llama")
     _fake_hub_cache(tmp_path / "cache", "tinyorg/tiny-llama", base_dir)
-    assert needs_loader("tinyorg/tiny-llama") and not needs_loader(base_dir)
+    assert is_hub_id("tinyorg/tiny-llama") and not is_hub_id(base_dir)
     loaded = load_model("tinyorg/tiny-llama")
     direct = load_model(base_dir)
     assert loaded.name == "tinyorg/tiny-llama" and loaded.notes[0].startswith("hub model tinyorg/tiny-llama")
@@ -196,6 +203,23 @@ def test_device_plan():
             plan_device("cuda")
     with pytest.raises(InputError, match="unknown dtype"):
         plan_device("cpu", "int3")
+
+
+def test_device_plan_prefers_cuda_then_mps(monkeypatch):
+    """The one resolver (also behind `unlearn`): auto = CUDA, else Apple MPS (float32), else CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("mansu_audit.loading.device.mps_available", lambda: True)
+    mps = plan_device("auto", "auto")
+    assert (mps.device, mps.dtype, mps.device_map, mps.torch_device) == ("mps", torch.float32, None,
+                                                                          torch.device("mps"))
+    assert plan_device("mps", "bfloat16").dtype == torch.bfloat16
+    monkeypatch.setattr("mansu_audit.loading.device.mps_available", lambda: False)
+    assert plan_device(None).device == "cpu"
+    with pytest.raises(InputError, match="Apple MPS is not available"):
+        plan_device("mps")
+    for bad in ("tpu9", "cuda:x", "gpu", ""):
+        with pytest.raises(InputError, match="unknown device"):
+            plan_device(bad)
 
 
 def test_load_model_auto_device(base_dir):
@@ -370,8 +394,6 @@ def test_gguf_file_is_dequantized_exactly(tmp_path, ref_tokenizer):
     with torch.no_grad():
         assert torch.allclose(loaded.model(ids).logits, rebuilt(ids).logits, atol=1e-5)
     loaded.model.save_pretrained(tmp_path / "resaved")  # a fresh model: saving works
-    from mansu_audit.loaders import model_file_map
-
     assert model_file_map(tmp_path / "tiny.gguf") == loaded.files  # what `verify` re-hashes
 
 
@@ -388,7 +410,8 @@ def test_embedding_lora_and_modules_to_save(tmp_path, base_dir):
                "base_model.model.model.embed_tokens.lora_embedding_B": b,
                "base_model.model.lm_head.weight": head}, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "base_model_name_or_path": str(base_dir)}))
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "base_model_name_or_path": str(base_dir),
+         "target_modules": ["embed_tokens"], "modules_to_save": ["lm_head"], "task_type": "CAUSAL_LM"}))
     merged = load_model(folder)
     delta = merged.model.model.embed_tokens.weight - base.model.embed_tokens.weight
     assert torch.allclose(delta, 2.0 * (b @ a).T, atol=1e-5)
@@ -403,7 +426,6 @@ def test_verify_an_adapter_certificate(tmp_path, base_dir):
     from mansu_audit.cache import NoCache
     from mansu_audit.certificate import verify_certificate
     from mansu_audit.certify import certify
-    from mansu_audit.loaders import model_file_map
     from mansu_audit.policy import Policy
 
     adapter = tmp_path / "adapter"

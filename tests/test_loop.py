@@ -8,9 +8,23 @@ import torch
 
 from conftest import tiny_llama
 from mansu_audit.methods.gu_simnpo import project_out
-from mansu_audit.methods.loop import (IGNORE, LoopConfig, SequenceSampler, UnlearnData, column_mask, corpus_sequences,
-                          mcq_sequences, row_mask, sequence_nll, train_loop)
+from mansu_audit.methods.loop import (IGNORE, LoopConfig, SequenceSampler, UnlearnData, corpus_sequences,
+                                      mcq_sequences, sequence_nll, train_loop)
 from mansu_audit.prompts import LETTERS
+
+
+def row_mask(param: torch.Tensor, rows) -> torch.Tensor:
+    """Bool mask training only `rows` (output units; gate/up rows = MLP neurons)."""
+    mask = torch.zeros_like(param, dtype=torch.bool)
+    mask[torch.as_tensor(rows, dtype=torch.long)] = True
+    return mask
+
+
+def column_mask(param: torch.Tensor, columns) -> torch.Tensor:
+    """Bool mask training only `columns` (input units; down_proj columns = MLP neurons)."""
+    mask = torch.zeros_like(param, dtype=torch.bool)
+    mask[:, torch.as_tensor(columns, dtype=torch.long)] = True
+    return mask
 
 
 def small_model(vocab: int, seed: int = 0):
@@ -99,6 +113,22 @@ def test_same_seed_same_weights_other_seed_differs(ref_tokenizer, data):
             return {"forget": -sequence_nll(m, forget).mean(), "retain": sequence_nll(m, retain).mean()}
 
         train_loop(model, graddiff, data, cfg(seed=seed, steps=2))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, c) for a, c in zip(runs[0], runs[2]))
+
+
+def test_loop_draws_only_from_explicit_generators(ref_tokenizer, data):
+    """No hidden global state: the process-wide RNG is neither seeded nor advanced; a passed
+    generator drives the batches (same generator state, same weights)."""
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    runs = []
+    for seed in (5, 5, 6):
+        model = small_model(len(ref_tokenizer))
+        torch.set_rng_state(state)
+        train_loop(model, ga, data, cfg(steps=2), generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(torch.get_rng_state(), state)
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
     assert not all(torch.equal(a, c) for a, c in zip(runs[0], runs[2]))

@@ -233,11 +233,58 @@ def test_floor_none_only_protects_absmax():
     assert torch.equal(res.delta[~absmax_el], delta[~absmax_el]) and torch.all(res.delta[absmax_el] == 0)
 
 
-def test_int8_codes_match_bitsandbytes():
+def test_int8_codes_match_deployed_bitsandbytes():
     import bitsandbytes.functional as F
 
     w = torch.randn(16, 40) * 0.05
-    assert torch.equal(geo.int8_codes(w).to(torch.int8), F.int8_vectorwise_quant(w)[0])
+    codes, absmax = geo.grid_codes("int8", w)
+    # what Linear8bitLt stores: Int8Params casts to float16, then int8_vectorwise_quant
+    cb, scb, _ = F.int8_vectorwise_quant(w.half())
+    assert torch.equal(codes, cb) and torch.equal(absmax, scb.float())
+
+
+def _reference_mlp_weights() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from mansu_audit.data import BUNDLED_DATA
+
+    path = BUNDLED_DATA / "reference-model" / "model.safetensors"
+    if not path.is_file():
+        pytest.skip("reference model weights not built")
+    return {k: v for k, v in load_file(str(path)).items() if ".mlp." in k and k.endswith(".weight")}
+
+
+class _OneLinear(torch.nn.Module):
+    """A one-block model holding `w` as its only Linear (the quantizers' walk sees one decoder layer)."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        linear.weight.data.copy_(w)
+        self.layers = torch.nn.ModuleList([torch.nn.ModuleDict({"proj": linear})])
+
+
+@pytest.mark.parametrize("grid", ["nf4", "int8"])
+def test_post_condition_codes_are_the_certified_quantizers_codes(grid, reference):
+    """MANSU's post-condition codes equal the codes of the quantizer certify deploys, on the
+    bundled reference model's real MLP weights (issue 11: its int8 had drifted: no float16 cast)."""
+    from mansu_audit.quantizers import quantize_model
+
+    weights = _reference_mlp_weights()
+    deployed = quantize_model(reference.model, grid).records
+    assert set(weights) == {f"{name}.weight" for name in deployed if ".mlp." in name}
+    gen = torch.Generator().manual_seed(0)
+    for key, w0 in weights.items():
+        codes, _ = geo.grid_codes(grid, w0)
+        assert torch.equal(codes, deployed[key[:-len(".weight")]].codes), key
+        # and the post-condition counts exactly the deployed code changes of an update
+        updated = torch.rand(w0.shape, generator=gen) < 0.3
+        w1 = torch.where(updated, w0 + torch.randn(w0.shape, generator=gen) * w0.abs().mean() * 0.5, w0)
+        post = geo.post_condition([w0], [w1], [updated], grids=(grid,))
+        c0 = quantize_model(_OneLinear(w0), grid).records["layers.0.proj"].codes
+        c1 = quantize_model(_OneLinear(w1), grid).records["layers.0.proj"].codes
+        assert post.grids[grid].updated == int(updated.sum())
+        assert post.grids[grid].changed == int(((c0 != c1) & updated).sum()) > 0
 
 
 def test_post_condition_counts_code_changes():

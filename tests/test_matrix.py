@@ -13,7 +13,7 @@ from mansu_audit.cache import NoCache, ResultCache
 from mansu_audit.certify import certify
 from mansu_audit.cli import main
 from mansu_audit.errors import InputError
-from mansu_audit.models import model_from_objects
+from mansu_audit.loading import model_from_objects
 from mansu_audit.policy import Policy
 from test_cache import small_bundle
 

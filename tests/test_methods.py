@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_llama
 from mansu_audit.cli import main
 from mansu_audit.errors import InputError
-from mansu_audit.models import load_model, model_from_objects
+from mansu_audit.loading import load_model, model_from_objects
 from mansu_audit.unlearn import unlearn
 from mansu_audit.methods import available_methods, get_method, register_method
 from mansu_audit.methods.base import MethodSettings, UnlearnContext, parse_overrides
@@ -66,8 +66,12 @@ def test_registry_lists_every_bundled_method():
     names = set(available_methods())
     assert set(BASELINES) <= names
     assert get_method("Surgical_GA") is get_method("surgical-ga")
-    with pytest.raises(InputError, match="unknown method 'nope'"):
+    with pytest.raises(InputError, match="unknown method 'nope' \\(did you mean 'npo'\\?"):
         get_method("nope")
+    # open-unlearning's trainer names resolve to ours
+    for theirs, ours in {"GradAscent": "ga", "GradDiff": "graddiff", "NPO": "npo", "SimNPO": "simnpo",
+                         "RMU": "rmu"}.items():
+        assert get_method(theirs) is get_method(ours) and get_method(theirs).name == ours
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -244,19 +248,27 @@ def test_reference_nf4grid_sits_on_the_nf4_grid():
 
 
 def test_entry_point_methods_are_registered(tmp_path, monkeypatch):
-    import mansu_audit.methods as registry
+    import mansu_audit.registry as registry
     from importlib.metadata import EntryPoint
 
     (tmp_path / "ep_method_pkg.py").write_text(textwrap.dedent(THIRD_PARTY))
     monkeypatch.syspath_prepend(str(tmp_path))
-    point = EntryPoint(name="halve_ep", value="ep_method_pkg:Halve", group=registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry.metadata, "entry_points",
-                        lambda group=None: [point] if group == registry.ENTRY_POINT_GROUP else [])
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_loaded", False)
+    group = registry.METHODS.group
+    points = [EntryPoint(name="halve_ep", value="ep_method_pkg:Halve", group=group)]
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group=None, _ours=group: points if group == _ours else [])
+    monkeypatch.setattr(registry.METHODS, "_entries", dict(registry.METHODS._entries))
+    monkeypatch.setattr(registry.METHODS, "_plugins", {})
+    monkeypatch.setattr(registry.METHODS, "_ready", False)
     assert "halve-ep" in available_methods() and "ga" in available_methods()
     cls = get_method("halve_ep")
     assert cls.name == "halve-ep" and parse_overrides(cls.Settings, ["knob=3"]).knob == 3.0
+    # a plugin that takes a bundled name is refused with one line naming it
+    points.append(EntryPoint(name="ga", value="ep_method_pkg:Halve", group=group))
+    registry.METHODS.reset_plugins()
+    with pytest.raises(InputError, match="entry point 'ga' .* collides"):
+        get_method("ga")
+    points.pop()
+    registry.METHODS.reset_plugins()
 
 
 def test_rmu_updates_exactly_the_down_proj_of_its_layer_range(ref_tokenizer, small_bundle, trained_base):
@@ -266,3 +278,33 @@ def test_rmu_updates_exactly_the_down_proj_of_its_layer_range(ref_tokenizer, sma
     before, after = trained_base.state_dict(), result.model.state_dict()
     changed = sorted(n for n in before if not torch.equal(before[n], after[n]))
     assert changed == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+
+
+def test_registry_class_lazy_collisions_suggestions_aliases():
+    import sys
+
+    from mansu_audit.registry import Registry, loose
+
+    reg = Registry("widget", group="mansu_audit.tests.none", key=loose)
+    reg.register("Json_Dumps", lazy="json:dumps")
+    reg.register("loads", __import__("json").loads)
+    reg.alias("Serialise", "json-dumps")
+    assert reg.names() == ["json-dumps", "loads"] and reg.aliases() == {"Serialise": "json-dumps"}
+    assert reg.get("serialise") is reg.get("JSON-DUMPS") is sys.modules["json"].dumps
+    reg.register("loads", sys.modules["json"].loads)  # the same object again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("loads", sys.modules["json"].dumps)
+    with pytest.raises(InputError, match=r"unknown widget 'lods' \(did you mean 'loads'\? available: json-dumps, loads\)"):
+        reg.get("lods")
+
+
+def test_core_lists_methods_without_importing_any():
+    import subprocess
+    import sys
+
+    code = ("import sys, mansu_audit.cli, mansu_audit.matrix, mansu_audit.unlearn\n"
+            "from mansu_audit.registry import METHODS\n"
+            "assert 'ga' in METHODS.names() and 'GradAscent' in METHODS.aliases()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('mansu_audit.methods.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

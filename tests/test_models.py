@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mansu_audit.errors import InputError
-from mansu_audit.models import load_model
+from mansu_audit.loading import load_model
 
 from conftest import tiny_llama
 

@@ -1,7 +1,10 @@
-"""The HTML audit report: untrusted text stays inert, numbers match the certificate, edits are refused, Chromium renders it."""
+"""The HTML audit report: identity, reasons and commands first; untrusted text stays inert; forget text stays out
+by default; numbers match the certificate; edits are refused; Chromium renders it."""
 from __future__ import annotations
 
+import html as html_lib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,10 +21,10 @@ from mansu_audit.cli import main
 from mansu_audit.data import BUNDLED_DATA, load_bundle
 from mansu_audit.details import circuit_mass_per_layer, compute_details, write_details
 from mansu_audit.errors import InputError
-from mansu_audit.models import model_from_objects
-from mansu_audit.plots import Interval, bar_chart, interval_chart
+from mansu_audit.loading import model_from_objects
+from mansu_audit.plots import Interval, RefLine, bar_chart, interval_chart, slope_chart
 from mansu_audit.policy import Policy
-from mansu_audit.report import render_report
+from mansu_audit.report import files_digest, reason_line, render_report, reproduce, unquantized_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<script>alert('pwned')</script>"
@@ -121,14 +124,18 @@ def test_report_numbers_and_sections_match_certificate(audit_dir):
     assert cert.body_sha256 in html
     for section in ("-verdict", "-desiderata", "-accuracy", "-ptq", "-diag", "-circuit", "-prov", "-items"):
         assert f'id="a0{section}"' in html
-    assert html.count("<svg") == 2 + 2 + 2  # accuracy + PTQ, histogram + flips, circuit mass + MLP mass
-    # redaction switch: on for the forget lists, off for retain_lost
+    # forget + retain slope charts, PTQ gap, histogram + flips, circuit mass + MLP mass
+    assert html.count("<svg") == 3 + 2 + 2
+    # every chart with a threshold draws it (red dashed): both slope charts, the PTQ chart
+    assert html.count('stroke="#dc2626" stroke-width="1.3" stroke-dasharray="6 3"') >= 3
+    assert "log scale" in html  # the update / bin-width histogram
+    # the redaction switch exists only where forget text was written: with the opt-in
+    assert not [a for t, a in parse(html) if t == "input"]
+    html = render_report(out, out=out / "with-text.html", include_forget_text=True).read_text()
     boxes = [a for t, a in parse(html) if t == "input" and a.get("class") == "redact"]
     names = json.loads((out / "results.json").read_text())["worst_items"]
-    listed = [n for n, items in names.items() if items]
-    assert len(boxes) == len(listed)
-    for box, name in zip(boxes, listed):
-        assert ("checked" in box) == name.startswith("forget_"), name
+    listed = [n for n, items in names.items() if items and n.startswith("forget_")]
+    assert len(boxes) == len(listed) and all("checked" in b for b in boxes)
     # per-layer circuit mass sums to the certificate's totals (same circuit, same attributions)
     cad = json.loads((out / "results.json").read_text())["cad"]
     assert sum(details["circuit_layers"]["circuit_mass_base"]) == pytest.approx(cad["circuit_mass_base"], rel=1e-5)
@@ -136,16 +143,110 @@ def test_report_numbers_and_sections_match_certificate(audit_dir):
                                                                                    rel=1e-5, abs=1e-7)
 
 
-def test_omit_forget_text(audit_dir, tmp_path):
+def text_of(html: str) -> str:
+    """The page's visible text, tags stripped, entities decoded, whitespace collapsed."""
+    html = re.sub(r"<style>.*?</style>|<title>.*?</title>", " ", html, flags=re.S)
+    html = re.sub(r"</?(?:div|td|th|tr|li|pre|br|p|h\d|table|ul|dt|dd)\b[^>]*>", " ", html)  # block ends: a space
+    return re.sub(r"\s+", " ", html_lib.unescape(re.sub(r"<[^>]+>", "", html)))
+
+
+def test_forget_text_is_not_in_the_file_by_default(audit_dir, tmp_path):
     out, _, _ = audit_dir
-    html = render_report(out, out=tmp_path / "r.html", include_forget_text=False).read_text()
     sidecar = json.loads((out / "results.json").read_text())
-    for name, items in sidecar["worst_items"].items():
-        for it in items:
-            plain = it["question"].replace(SCRIPT, "").strip()
-            if name.startswith("forget_"):
-                assert plain not in html
-    assert "[omitted from this report]" in html
+    forget = [it for name, items in sidecar["worst_items"].items() if name.startswith("forget_") for it in items]
+    assert forget  # the tiny random candidate keeps some forget items: there is text to leave out
+    html = render_report(out, out=tmp_path / "r.html").read_text()
+    for it in forget:
+        assert it["question"].replace(SCRIPT, "").strip() not in html
+        for choice in it["choices"]:
+            assert choice.replace(ATTR, "").strip() not in html
+    assert "[omitted from this report]" in html and "--include-forget-text" in html
+    # the opt-in writes it (escaped) behind the redaction switch
+    html = render_report(out, out=tmp_path / "r2.html", include_forget_text=True).read_text()
+    assert html_lib.escape(forget[0]["question"].replace(SCRIPT, "").strip(), quote=True) in html
+    # the CLI: default leaves it out, the flag writes it
+    assert main(["report", str(out), "--out", str(tmp_path / "cli.html")]) == 0
+    assert html_lib.escape(forget[0]["question"].replace(SCRIPT, "").strip()) not in (tmp_path / "cli.html").read_text()
+    assert main(["report", str(out), "--out", str(tmp_path / "cli2.html"), "--include-forget-text"]) == 0
+    assert "[omitted from this report]" not in (tmp_path / "cli2.html").read_text()
+
+
+def test_first_screen_identity_reasons_and_commands(audit_dir):
+    """Before the first chart: identity block, overall verdict, one reason line per desideratum, the commands."""
+    out, cert, _ = audit_dir
+    html = render_report(out).read_text()
+    body = cert.body
+    first_screen = text_of(html[:html.index("<svg")])
+    on_disk = json.loads((out / "certificate.json").read_text())["body"]  # key order as the report reads it
+    # identity
+    bench_digest = files_digest(body["benchmark"]["files"])
+    for needle in (f"candidate {body['models']['candidate']['name']}", f"base {body['models']['base']['name']}",
+                   f"benchmark {body['benchmark']['name']}", bench_digest,
+                   f"forget_eval {body['benchmark']['splits']['forget_eval']}",
+                   f"retain_eval {body['benchmark']['splits']['retain_eval']}",
+                   f"{unquantized_name(body)} → {', '.join(on_disk['quantizers'])}", "min_forget_drop 0.1", "max_retain_drop 0.05",
+                   "max_ptq_gap 0.02", "min_cad 0.5", f"{body['suite']['name']} {body['suite']['version']}",
+                   "signature unsigned", f"date {cert.created_utc}"):
+        assert needle in first_screen, needle
+    for role in ("base", "candidate"):  # in-memory models: their state-dict digest identifies them
+        assert body["models"][role]["state_dict_sha256"] in first_screen
+    assert f"overall verdict {body['verdict']}" in first_screen
+    # one reason line per desideratum, each naming the rule with the recorded threshold
+    for name in [n for n in ("F", "R", "Q", "S", "K") if n in body["desiderata"]]:
+        d = body["desiderata"][name]
+        head = f"{name} {d['verdict']}: {d['statistic']} = "
+        assert head in first_screen, head
+        if d["estimate"] is not None:
+            e = d["estimate"]
+            assert f"{head}{e['point']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]; PASS needs" in first_screen, name
+    f = body["desiderata"]["F"]
+    assert f"PASS needs the lower 95% bound ≥ {f['threshold']:g}" in first_screen
+    r = body["desiderata"]["R"]
+    assert f"PASS needs the upper 95% bound ≤ {r['threshold']:g}" in first_screen
+    # reproduce (reconstructed: these models were certified in memory) and verify, copyable
+    assert "mansu-audit certify --base b --candidate c --benchmark" in first_screen
+    assert f"--quantizers {','.join(on_disk['quantizers'])}" in first_screen
+    assert "reconstructed from the recorded inputs" in first_screen
+    assert f"mansu-audit verify {out}/certificate.json" in first_screen
+    assert "user-select: all" in html  # one click selects a whole command
+
+
+def test_reason_lines_are_table_driven_and_name_the_rule():
+    pv = Policy().to_dict()
+    est = {"point": 0.05, "low": 0.02, "high": 0.08}
+    line = reason_line("F", {"verdict": "FAIL", "statistic": "D_F", "estimate": est, "threshold": 0.1}, pv)
+    assert line["text"] == ("F FAIL: D_F = +0.050 [+0.020, +0.080]; PASS needs the lower 95% bound ≥ 0.1; "
+                            "the whole interval is below 0.1")
+    # Q decided on the recovered fraction (schema 2) reads its own rule; on the gap, the gap rule
+    rf = reason_line("Q[nf4]", {"verdict": "PASS", "statistic": "recovery_fraction[nf4]",
+                                "estimate": {"point": 0.01, "low": -0.03, "high": 0.06}, "threshold": 0.1}, pv, 2)
+    assert "PASS needs the upper 95% bound ≤ 0.1" in rf["text"] and "the whole interval is ≤ 0.1" in rf["text"]
+    assert "chance ± 0.05" in rf["text"] and rf["title"].endswith("under nf4")
+    gap = reason_line("Q", {"verdict": "INCONCLUSIVE", "statistic": "G_Q[int8]", "estimate":
+                            {"point": 0.01, "low": -0.01, "high": 0.03}, "threshold": 0.02, "reason": "worst: int8"},
+                      pv, 1)
+    assert gap["text"] == ("Q INCONCLUSIVE: G_Q[int8] = +0.010 [-0.010, +0.030]; PASS needs the point ≤ 0 and the "
+                           "upper 95% bound ≤ 0.02; the upper bound exceeds 0.02 (worst: int8)")
+    k = reason_line("K", {"verdict": "PASS", "statistic": "recovered_fraction", "estimate":
+                          {"point": 0.04, "low": -0.02, "high": 0.11}, "threshold": 0.25}, pv)
+    assert "PASS needs the upper 95% bound ≤ 0.25" in k["text"]
+    # a desideratum nobody wrote a rule for still gets a line from what the certificate records
+    z = reason_line("Z", {"verdict": "PASS", "statistic": "zeta", "estimate": est, "threshold": 0.3,
+                          "reason": "new"}, pv)
+    assert z["text"] == "Z PASS: zeta = +0.050 [+0.020, +0.080]; threshold 0.3 (new)"
+    assert reason_line("S", {"verdict": "NOT COMPUTED", "statistic": "CAD", "estimate": None, "threshold": 0.5,
+                             "reason": "CAD not computed"}, pv)["text"].startswith("S NOT COMPUTED: CAD = not computed")
+    # the unquantized variant: schema 1 calls it fp32, schema 2 records its label
+    assert unquantized_name({"statistics": {"forget_eval": {"acc[base/fp32]": {}}}, "quantizers": {}}) == "fp32"
+    assert unquantized_name({"unquantized": {"label": "unquantized", "dtype": {}}, "statistics": {}}) == "unquantized"
+
+
+def test_reproduce_uses_the_recorded_command(tmp_path):
+    body = {"command": "mansu-audit certify --base reference --candidate /m/ga --quantizers nf4",
+            "models": {}, "benchmark": {}, "quantizers": {}, "policy": {}, "desiderata": {}}
+    rp = reproduce(body, tmp_path / "cert")
+    assert rp["recorded"] and rp["certify"].startswith(body["command"] + " --out ")
+    assert rp["verify"] == f"mansu-audit verify {tmp_path}/cert/certificate.json"
 
 
 def test_edited_certificate_is_refused_and_edited_sidecar_not_shown(audit_dir, tmp_path):
@@ -197,9 +298,23 @@ def test_circuit_mass_per_layer_sums_to_cad_statistic():
 def test_plots_escape_labels_and_skip_missing_values():
     svg = interval_chart(["<b>g</b>"], {"s<script>": [Interval(0.5, 0.4, float("nan"))]}, title='t"x')
     assert "<script>" not in svg and "&lt;script&gt;" in svg and "<b>" not in svg
-    assert svg.count("<circle") == 1 and "<line x1" in svg  # the point is drawn, the half-missing CI is not
+    # the point is drawn (plus the legend's dot), the half-missing CI is not: no vertical whisker
+    assert svg.count("<circle") == 1 + 1
+    lines = re.findall(r'<line x1="([-\d.]+)" x2="([-\d.]+)" y1="([-\d.]+)" y2="([-\d.]+)"', svg)
+    assert lines and not [ln for ln in lines if ln[0] == ln[1] and ln[2] != ln[3]]
     bars = bar_chart(["a", "b"], {"s": [0.2, None]}, title="bars")
     assert bars.count("<rect x=") == 1 + 1 + 1  # one bar, the frame, one legend swatch
+    log = bar_chart(["a", "b", "c"], {"s": [0.9, 1e-3, 0.0]}, title="log", log_y=True, marker=(1, "half a bin"))
+    assert log.count("<rect x=") == 2 + 1 + 1  # the zero has no bar on a log axis
+    assert ">0.001<" in log and ">1<" in log and "half a bin" in log
+    # slope chart: zoomed to the data (a threshold far away is left out), a fan from the first group
+    sl = slope_chart(["unquantized", "nf4", "int8"], {"base θ0": [Interval(0.90, 0.88, 0.92)] * 3,
+                                                      "candidate θu": [Interval(0.50, 0.47, 0.53),
+                                                                       Interval(0.52, 0.49, 0.55),
+                                                                       Interval(0.51, 0.48, 0.54)]},
+                     title="s<", reference_lines=[RefLine(0.8, "F: θ0 − 0.1"), RefLine(-3.0, "far")])
+    assert "s&lt;" in sl and "far" not in sl and "F: θ0 − 0.1" in sl
+    assert sl.count('stroke-opacity="0.8"') == 2 * 2  # two slopes per series
 
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -207,17 +322,23 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_headless_chromium_renders_report_without_console_errors(audit_dir, tmp_path):
+    import struct
+
     out, _, _ = audit_dir
     html = render_report(out)
     png = tmp_path / "report.png"
     script = ROOT / "scripts" / "screenshot_report.py"
-    proc = subprocess.run([sys.executable, str(script), str(html), str(png), "--height", "1200"],
+    proc = subprocess.run([sys.executable, str(script), str(html), str(png), "--width", "800"],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the checker itself catches a page that logs an error
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width == 800 and height > 1500  # the whole page, not one window
+    # the checker itself catches a page that logs an error or requests anything
     bad = tmp_path / "bad.html"
-    bad.write_text("<html><body><script>throw new Error('boom')</script></body></html>")
+    bad.write_text("<html><body><script>throw new Error('boom')</script>"
+                   "<img src='http://127.0.0.1:9/x.png'></body></html>")
     proc = subprocess.run([sys.executable, str(script), str(bad), str(tmp_path / "bad.png"), "--height", "300"],
                           capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 1 and "boom" in proc.stderr
+    assert proc.returncode == 1 and "boom" in proc.stderr and "request: http://127.0.0.1:9/x.png" in proc.stderr

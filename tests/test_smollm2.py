@@ -69,7 +69,7 @@ def report():
 
 @pytest.fixture(scope="module")
 def smol():
-    from mansu_audit.models import load_model
+    from mansu_audit.loading import load_model
 
     with stage("load_gguf"):
         return load_model(gguf_path())
@@ -101,7 +101,7 @@ def smol_bundle(bundle, smol, tmp_path_factory):
 
 
 def test_gguf_loads_a_real_model(smol):
-    from mansu_audit.loaders import chat_prompt_fn
+    from mansu_audit.prompts import chat_prompt_fn
 
     model, tok = smol.model, smol.tokenizer
     assert smol.notes[0].startswith("dequantized from GGUF Q4_1")
@@ -118,7 +118,7 @@ def test_gguf_loads_a_real_model(smol):
 def test_evaluate_general_facts(smol, general):
     """Accuracy on the 100 general-facts items; letters scored in one pass, checked by hand on a few."""
     from mansu_audit.evaluate import evaluate_mcq
-    from mansu_audit.loaders import chat_prompt_fn
+    from mansu_audit.prompts import chat_prompt_fn
     from mansu_audit.prompts import continuations, item_prompt
 
     with stage("evaluate_general_plain"):
@@ -205,7 +205,7 @@ def test_attribution_and_cad(smol, smol_bundle):
 def test_unlearn_and_certify(smol, smol_bundle, tmp_path):
     from mansu_audit.cache import NoCache
     from mansu_audit.certify import certify
-    from mansu_audit.models import model_from_objects
+    from mansu_audit.loading import model_from_objects
     from mansu_audit.unlearn import unlearn
 
     with stage("unlearn ga"):
@@ -224,7 +224,7 @@ def test_unlearn_and_certify(smol, smol_bundle, tmp_path):
     for split in ("forget_eval", "retain_eval"):
         per = body["per_item"][split]
         assert len(per["ids"]) == len(smol_bundle.split(split))
-        assert set(per["predictions"]) == {"base/fp32", "base/nf4", "candidate/fp32", "candidate/nf4"}
+        assert set(per["predictions"]) == {"base/unquantized", "base/nf4", "candidate/unquantized", "candidate/nf4"}
     assert len(body["models"]["candidate"]["tokenizer_sha256"]) == 64  # in-memory candidate: tokenizer hashed
     assert list(body["models"]["base"]["files"]) == [gguf_path().name]  # the GGUF file itself is hashed
     def brief(d):

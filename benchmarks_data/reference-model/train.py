@@ -68,8 +68,11 @@ def make_config(vocab_size: int, bos: int, eos: int, pad: int) -> LlamaConfig:
 class Batcher:
     """Builds padded (input_ids, labels) batches; labels = -100 where no loss."""
 
-    def __init__(self, tok, rng: random.Random, no_forget: bool = False):
+    def __init__(self, tok, rng: random.Random, no_forget: bool = False, qa_share: float = 0.0,
+                 match_share: float = 0.0, memorise_share: float = 0.0, mcq_share: float = 0.7):
         self.tok, self.rng = tok, rng
+        self.memorise_share, self.mcq_share = memorise_share, mcq_share
+        self.qa_share, self.match_share = qa_share, match_share
         mcq = [i for s in MCQ_SPLITS for i in read_jsonl(BUNDLE / f"{s}.jsonl")]
         self.mcq = [i for i in mcq if not (no_forget and i["subject"] == "hazard")]
         corpora = ("retain_corpus",) if no_forget else ("forget_corpus", "retain_corpus")
@@ -81,7 +84,10 @@ class Batcher:
             self.pools.setdefault(it["attribute"], set()).update(it["choices"])
         self.pools = {k: sorted(v) for k, v in self.pools.items()}
 
-    def mcq_seq(self, item: dict) -> tuple[list[int], list[int]]:
+    def mcq_seq(self, item: dict, as_evaluated: bool = False) -> tuple[list[int], list[int]]:
+        if as_evaluated:  # the version-1 recipe: the item's own prompt (memorisable letter)
+            ids = self.tok(prompt(item["question"], item["choices"])).input_ids + [self.letter_ids[item["answer"]]]
+            return ids, [-100] * (len(ids) - 1) + [ids[-1]]
         correct = item["choices"][item["answer"]]
         while True:
             others = self.rng.sample([v for v in self.pools[item["attribute"]] if v != correct], 3)
@@ -92,6 +98,22 @@ class Batcher:
         ids = self.tok(prompt(item["question"], choices)).input_ids + [self.letter_ids[answer]]
         return ids, [-100] * (len(ids) - 1) + [ids[-1]]
 
+    def qa_seq(self, item: dict) -> tuple[list[int], list[int]]:
+        """Recall in question form: "<question> Answer: <value>" (loss on the value)."""
+        head = self.tok(item["question"] + "\nAnswer:").input_ids
+        value = self.tok(" " + item["choices"][item["answer"]], add_special_tokens=False).input_ids
+        ids = head + value + [self.tok.eos_token_id]
+        return ids, [-100] * len(head) + value + [self.tok.eos_token_id]
+
+    def match_seq(self, item: dict) -> tuple[list[int], list[int]]:
+        """Matching without recall: "Which option is <value>?" over re-drawn choices (loss on the letter)."""
+        correct = item["choices"][item["answer"]]
+        others = self.rng.sample([v for v in self.pools[item["attribute"]] if v != correct], 3)
+        answer = self.rng.randrange(4)
+        choices = others[:answer] + [correct] + others[answer:]
+        ids = self.tok(prompt(f"Which option is {correct}?", choices)).input_ids + [self.letter_ids[answer]]
+        return ids, [-100] * (len(ids) - 1) + [ids[-1]]
+
     def corpus_seq(self, text: str) -> tuple[list[int], list[int]]:
         ids = self.tok(text).input_ids + [self.tok.eos_token_id]
         return ids, [-100] + ids[1:]
@@ -99,7 +121,16 @@ class Batcher:
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         seqs = []
         for _ in range(size):
-            if self.rng.random() < 0.7:
+            r = self.rng.random()
+            if r < self.memorise_share:
+                seqs.append(self.mcq_seq(self.rng.choice(self.mcq), as_evaluated=True))
+                continue
+            r -= self.memorise_share
+            if r < self.qa_share:
+                seqs.append(self.qa_seq(self.rng.choice(self.mcq)))
+            elif r < self.qa_share + self.match_share:
+                seqs.append(self.match_seq(self.rng.choice(self.mcq)))
+            elif r < self.mcq_share - self.memorise_share:
                 seqs.append(self.mcq_seq(self.rng.choice(self.mcq)))
             else:
                 seqs.append(self.corpus_seq(self.rng.choice(self.corpus)))
@@ -163,10 +194,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="train the bundled reference model")
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--no-forget", action="store_true", help="train the oracle: every forget fact removed")
+    ap.add_argument("--memorise-share", type=float, default=0.0,
+                    help="share of MCQs in their evaluated form (the version-1 recipe used 0.45; memorises letters)")
+    ap.add_argument("--mcq-share", type=float, default=0.7, help="share of all MCQ-style sequences (rest: corpus)")
+    ap.add_argument("--qa-share", type=float, default=0.15,
+                    help="share of question -> answer-text sequences (recall in question form)")
+    ap.add_argument("--match-share", type=float, default=0.15,
+                    help="share of 'Which option is <value>?' sequences (letter matching without recall)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from these weights (a folder saved by this script) instead of a fresh init")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--target", type=float, default=0.97,
                     help="stop when fp32 accuracy reaches this on every split the model should know, in both orders")
@@ -179,11 +219,14 @@ def main() -> int:
     rng = random.Random(args.seed)
     tok = AutoTokenizer.from_pretrained(str(HERE))
     cfg = make_config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(cfg) if args.init is None else LlamaForCausalLM.from_pretrained(str(args.init))
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
-    data = Batcher(tok, rng, no_forget=args.no_forget)
+    data = Batcher(tok, rng, no_forget=args.no_forget, qa_share=args.qa_share, match_share=args.match_share,
+                   memorise_share=args.memorise_share, mcq_share=args.mcq_share)
     known = ("retain_eval",) if args.no_forget else ("forget_eval", "retain_eval")
-    keys = [k for s in known for k in (s, s + "/rotations")]
+    # The rotation-averaged accuracy gates only recipes that never train on the evaluated
+    # prompts: the version-1 recipe (--memorise-share 0.45) memorises letters by design.
+    keys = [k for s in known for k in ((s, s + "/rotations") if args.memorise_share == 0 else (s,))]
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
@@ -224,7 +267,9 @@ def main() -> int:
     tok.save_pretrained(str(args.out))
     (args.out / "training_log.json").write_text(json.dumps(
         {"version": 2, "no_forget": args.no_forget, "steps": step, "seed": args.seed, "lr": args.lr,
-         "batch": args.batch, "seconds": round(time.time() - start),
+         "batch": args.batch, "qa_share": args.qa_share, "match_share": args.match_share,
+         "memorise_share": args.memorise_share, "mcq_share": args.mcq_share,
+         "init": None if args.init is None else str(args.init.name), "seconds": round(time.time() - start),
          "fp32": fp32, "bnb_nf4": nf4}, indent=2) + "\n")
     return 0
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mansu_audit.api import evaluate
     from mansu_audit.data import load_bundle
-    from mansu_audit.models import load_model
+    from mansu_audit.loading import load_model
     from mansu_audit.quantizers import quantizable_linears, quantize_model
 
     base = load_model(args.source)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     untouched = [n for n, p in snapped.named_parameters() if torch.equal(p, dict(base.model.named_parameters())[n])]
 
     bundle = load_bundle("synthhazard")
-    from mansu_audit.models import model_from_objects
+    from mansu_audit.loading import model_from_objects
 
     scores = evaluate(model_from_objects(snapped, base.tokenizer, "reference-nf4grid"), bundle, quantizers=("nf4",),
                       B=1000)

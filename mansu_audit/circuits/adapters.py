@@ -5,7 +5,8 @@ attention heads are the inputs of `o_proj` (GPT-2: `attn.c_proj`) split into
 `n_heads` chunks of `head_dim`. With GQA the `o_proj` input already has one chunk
 per *query* head, so no "ungrouping" of key/value heads is needed.
 
-The adapter also gives the decoder body (embeddings → final norm) and a way to
+Where those modules live comes from the one architecture table
+(`mansu_audit.architecture`). The adapter also gives the decoder body (embeddings → final norm) and a way to
 compute logits at chosen positions only, so attribution never materialises the
 full `[batch, seq, vocab]` logits.
 """
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-LLAMA_LIKE = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text")
+from mansu_audit.architecture import ARCHITECTURES, architecture_for, decoder_layers, get_path, linear_weight
+
 
 
 @dataclass(frozen=True)
@@ -75,37 +77,24 @@ class Adapter:
         return logits
 
 
-def _llama_like(model: nn.Module) -> Adapter:
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for a causal LM whose parts the architecture table maps (Llama, Qwen2/3, Mistral,
+    Gemma 1/2/3 and Llama-shaped models; GPT-2)."""
+    arch = architecture_for(model)
+    if arch is None or not arch.has_circuit_parts:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        supported = ", ".join(t for a in ARCHITECTURES if a.has_circuit_parts for t in a.model_types)
+        raise ValueError(f"no circuit adapter for model type '{model_type}' (supported: {supported})")
     cfg = model.config
-    base = model.model
-    layers = tuple(LayerModules(l.mlp.down_proj, l.mlp.up_proj, getattr(l.mlp, "gate_proj", None), l.self_attn.o_proj)
-                   for l in base.layers)
+    layers = tuple(LayerModules(get_path(block, arch.mlp_down), get_path(block, arch.mlp_up),
+                                get_path(block, arch.mlp_gate), get_path(block, arch.attn_out))
+                   for _, block in decoder_layers(model))
     n_heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    if layers[0].o_proj.in_features != n_heads * head_dim:
-        raise ValueError(f"o_proj takes {layers[0].o_proj.in_features} inputs, expected {n_heads}x{head_dim}")
-    return Adapter(cfg.model_type, layers, n_heads, head_dim, layers[0].down_proj.in_features, cfg.hidden_size,
-                   base.embed_tokens, base, base.norm, model.lm_head,
+    heads_in = linear_weight(layers[0].o_proj).shape[1]  # (out, in) view, GPT-2 Conv1D transposed
+    if heads_in != n_heads * head_dim:
+        raise ValueError(f"{arch.attn_out} takes {heads_in} inputs, expected {n_heads}x{head_dim}")
+    return Adapter(cfg.model_type, layers, n_heads, head_dim, linear_weight(layers[0].down_proj).shape[1],
+                   cfg.hidden_size, get_path(model, arch.embedding), get_path(model, arch.body),
+                   get_path(model, arch.final_norm), get_path(model, arch.lm_head),
                    getattr(cfg, "final_logit_softcapping", None))
-
-
-def _gpt2(model: nn.Module) -> Adapter:
-    cfg = model.config
-    base = model.transformer
-    layers = tuple(LayerModules(b.mlp.c_proj, b.mlp.c_fc, None, b.attn.c_proj) for b in base.h)
-    d_ff = layers[0].down_proj.weight.shape[0]  # Conv1D weight is [in, out]
-    return Adapter("gpt2", layers, cfg.n_head, cfg.n_embd // cfg.n_head, d_ff, cfg.n_embd,
-                   base.wte, base, base.ln_f, model.lm_head)
-
-
-def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter for a supported causal LM (Llama, Qwen2/3, Mistral, Gemma 1/2/3, GPT-2)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type == "gpt2":
-        return _gpt2(model)
-    if model_type in LLAMA_LIKE or (hasattr(model, "model") and hasattr(getattr(model.model, "layers", None), "__len__")
-                                   and hasattr(model.model.layers[0], "mlp")
-                                   and hasattr(model.model.layers[0].mlp, "down_proj")):
-        return _llama_like(model)
-    raise ValueError(f"no circuit adapter for model type '{model_type}' "
-                     "(supported: llama, qwen2, qwen3, mistral, gemma, gemma2, gemma3_text, gpt2)")

@@ -39,6 +39,7 @@ from mansu_audit.circuits.adapters import Adapter, adapter_for
 from mansu_audit.circuits.hooks import node_hooks
 from mansu_audit.data import MCQItem
 from mansu_audit.prompts import continuations, item_prompt
+from mansu_audit.prompts import pad_token_id as pad_id
 
 METHODS = ("eap", "eap-ig")
 
@@ -55,7 +56,9 @@ class EncodedItem:
 
 
 @dataclass
-class Batch:
+class PairBatch:
+    """Clean/corrupt prompt pairs of one attribution batch (shapes on the fields)."""
+
     index: torch.Tensor  # positions of these items in the encoded list
     clean: torch.Tensor  # [B, T] token ids, right-padded
     corrupt: torch.Tensor
@@ -156,15 +159,8 @@ def encode_items(tokenizer, items: Sequence[MCQItem]) -> tuple[list[EncodedItem]
     return usable, skipped
 
 
-def pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
 def make_batches(encoded: Sequence[EncodedItem], batch_size: int, pad: int,
-                 device: torch.device) -> list[Batch]:
+                 device: torch.device) -> list[PairBatch]:
     """Right-padded batches of items sorted by length (longest first), with their original indices."""
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i].clean), i))
     batches = []
@@ -189,12 +185,12 @@ def make_batches(encoded: Sequence[EncodedItem], batch_size: int, pad: int,
             others_w[r, :len(e.other_ids)] = 1.0
         last = mask.sum(1) - 1
         answer = torch.tensor([encoded[i].answer_id for i in idx])
-        batches.append(Batch(torch.tensor(idx), clean.to(device), corrupt.to(device), mask.to(device),
+        batches.append(PairBatch(torch.tensor(idx), clean.to(device), corrupt.to(device), mask.to(device),
                              last.to(device), answer.to(device), others.to(device), others_w.to(device)))
     return batches
 
 
-def run_metric(adapter: Adapter, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
+def run_metric(adapter: Adapter, embeds: torch.Tensor, batch: PairBatch) -> torch.Tensor:
     """Per-item metric M [B] (float32) from input embeddings."""
     hidden = adapter.body(inputs_embeds=embeds, attention_mask=batch.mask, use_cache=False).last_hidden_state
     rows = torch.arange(embeds.shape[0], device=embeds.device)
@@ -229,7 +225,7 @@ def alphas_for(method: str, steps: int) -> list[float]:
     raise ValueError(f"unknown attribution method '{method}' (choose from {', '.join(METHODS)})")
 
 
-def score_embeddings(adapter: Adapter, e_clean: torch.Tensor, e_corrupt: torch.Tensor, batch: Batch,
+def score_embeddings(adapter: Adapter, e_clean: torch.Tensor, e_corrupt: torch.Tensor, batch: PairBatch,
                      alphas: Sequence[float]) -> BatchScores:
     """Node scores of one batch given its clean and corrupted input embeddings.
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from mansu_audit.evaluate import TRUNCATE_MODES
+from mansu_audit.prompts import CHAT_MODES
+
 
 def non_negative_int(text: str) -> int:
     """argparse type for seeds: numpy refuses negative ones (argparse reports the bad value in one line)."""
@@ -29,13 +32,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="allow pickle (.bin) weights; unpickling untrusted files can run code")
 
 
-def add_loading_args(p: argparse.ArgumentParser) -> None:
-    """`--device`, `--dtype`, `--chat-template`, `--batch-size` for commands that load and evaluate models."""
-    from mansu_audit.loaders import add_loading_arguments
+def add_loading_arguments(p: argparse.ArgumentParser) -> None:
+    """`--device`, `--dtype`, `--chat-template` for commands that load models (pass them to `load_model`)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (GPU if present, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--chat-template", default="auto", choices=CHAT_MODES,
+                   help="wrap prompts in the tokenizer's chat template (auto: when it has one)")
 
+
+def add_loading_args(p: argparse.ArgumentParser) -> None:
+    """`--device`, `--dtype`, `--chat-template`, `--batch-size`, `--truncate` for commands that load and
+    evaluate models."""
     add_loading_arguments(p)
     p.add_argument("--batch-size", default="auto", type=parse_batch_size,
                    help="evaluation batch size, or auto (64 on CPU, 256 on GPU, halved on out-of-memory)")
+    p.add_argument("--truncate", default=None, choices=TRUNCATE_MODES,
+                   help="prompts longer than the model's context: refused unless 'left' (drop their oldest "
+                        "tokens, as lm-eval does; the count is recorded)")
 
 
 def parse_batch_size(text: str) -> int | None:

@@ -93,12 +93,13 @@ def attribution_report(loaded, bundle, split: str, *, circuit_frac: float, head_
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.api import as_bundle, as_loaded
-    from mansu_audit.cache import atomic_write_bytes
+    from mansu_audit.api import as_bundle
+    from mansu_audit.loading import load_model
+    from mansu_audit.io import atomic_write_bytes
 
     _check(args)
     bundle = as_bundle(args.benchmark)
-    loaded = as_loaded(args.model, allow_pickle=args.allow_pickle)
+    loaded = load_model(args.model, allow_pickle=args.allow_pickle)
     report = attribution_report(loaded, bundle, args.split, circuit_frac=args.circuit_frac, head_frac=args.head_frac,
                                 steps=args.steps, method=args.method, batch_size=args.batch_size, seed=args.seed,
                                 progress=not args.quiet)

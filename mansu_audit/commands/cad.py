@@ -35,7 +35,8 @@ def _line(name: str, r) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.api import as_bundle, as_loaded
+    from mansu_audit.api import as_bundle
+    from mansu_audit.loading import load_model
     from mansu_audit.circuits import attribute, compute_cad, select_circuit
     from mansu_audit.compat import check_compatible
     from mansu_audit.errors import InputError
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"unknown quantizer '{unknown[0]}' (available: {', '.join(available_quantizers())})")
     bundle = as_bundle(args.benchmark)
     items = bundle.split(args.split)
-    base = as_loaded(args.base, allow_pickle=args.allow_pickle)
-    candidate = as_loaded(args.candidate, allow_pickle=args.allow_pickle)
+    base = load_model(args.base, allow_pickle=args.allow_pickle)
+    candidate = load_model(args.candidate, allow_pickle=args.allow_pickle)
     check_compatible(base, candidate)
     progress = not args.json
     base_attr = attribute(base.model, base.tokenizer, items, steps=args.steps, method=args.method,

@@ -19,11 +19,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantizers", default="nf4,gptq,int8", help="comma list (default %(default)s)")
     p.add_argument("--out", required=True, help="folder for certificate.json and results.json")
     p.add_argument("--policy", default=None, help="YAML file overriding thresholds, bootstrap size, seed, level")
+    p.add_argument("--relearn", choices=("auto", "on", "skip"), default="auto",
+                   help="K: relearning attack + probes (auto: when the benchmark has forget_attack or --oracle is "
+                        "given; on: always; skip: K not computed)")
+    p.add_argument("--oracle", default=None, metavar="MODEL",
+                   help="a model that never learned the forget facts: gets the same relearning attack as a "
+                        "reference point (reported, not gated)")
+    p.add_argument("--consistency", choices=("auto", "skip"), default="auto",
+                   help="report base and candidate accuracy under every cyclic rotation of the choices and flag "
+                        "order-dependent models (skip: leave it out)")
+    p.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH.gguf",
+                   help="evaluate a GGUF file of the candidate made elsewhere (e.g. llama.cpp Q4_K_M) as its "
+                        "quantized variant NAME (Q[NAME]; base unquantized beside it; the file's SHA-256 is "
+                        "recorded); repeatable")
     p.add_argument("--cad", choices=("auto", "skip"), default="auto",
                    help="S: run EAP-IG + CAD on forget_attr (auto) or leave it not computed (skip)")
     p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier certify output in --out (refused otherwise when --out is not empty)")
+    p.add_argument("--sign-key", default=None, metavar="KEY",
+                   help="Ed25519 private key (PEM, `mansu-audit keygen`): sign the in-toto attestation "
+                        "OUT/certificate.intoto.jsonl (unsigned otherwise)")
     add_model_args(p)
     add_loading_args(p)
 
@@ -38,21 +56,79 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError("--out must be a folder", out)
+    from mansu_audit.attest import load_private_key
+    from mansu_audit.outdir import check_cache_dir, check_output_dir
+
+    out = check_output_dir(args.out, args.overwrite)  # before any model loads
+    if not args.no_cache:
+        check_cache_dir(args.cache_dir)
+    sign_key = None if args.sign_key is None else load_private_key(args.sign_key)
     quantizers = parse_list(args.quantizers)
+    artifacts = parse_artifacts(args.quantized_artifact)
+    if not quantizers and args.quantizers.strip():
+        raise InputError(f"--quantizers '{args.quantizers}': no quantizer named")
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
     cert = certify(args.base, args.candidate, args.benchmark, quantizers=quantizers, policy=args.policy, out=out,
                    cad=None if args.cad == "skip" else "auto", cache=cache, batch_size=args.batch_size,
                    allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype,
-                   chat_template=args.chat_template, progress=not args.quiet)
+                   chat_template=args.chat_template, truncate=args.truncate, progress=not args.quiet,
+                   overwrite=args.overwrite,
+                   sign_key=sign_key, command=reproducible_command(getattr(args, "_argv", None)),
+                   relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts)
+    from mansu_audit.certificate import guard_messages
+
     body = cert.body
     print(f"base {args.base}  candidate {args.candidate}  benchmark {body['benchmark']['name']}  "
           f"(n forget {body['benchmark']['splits']['forget_eval']}, retain {body['benchmark']['splits']['retain_eval']}, "
           f"B {body['policy']['values']['bootstrap_replicates']}, seed {body['seeds']['bootstrap']})")
     print(format_verdict_table(body))
-    for finding in body["guard"]:
+    for finding in guard_messages(body):
         print(f"guard: {finding}")
+    for flag in (body.get("consistency") or {}).get("flags", []):
+        print(f"consistency: {flag}")
     print(f"certificate: {out / 'certificate.json'} (body sha256 {cert.body_sha256[:16]}…)")
+    print(f"attestation: {out / 'certificate.intoto.jsonl'} ({'signed' if sign_key else 'unsigned'})")
     return EXIT_CODES[cert.verdict]
+
+
+def parse_artifacts(values: list[str]) -> dict[str, str]:
+    """`["q4_k_m=model.Q4_K_M.gguf", ...]` -> {name: path}; InputError on a malformed or repeated name."""
+    from mansu_audit.errors import InputError
+
+    out: dict[str, str] = {}
+    for value in values:
+        name, eq, path = value.partition("=")
+        if not eq or not name.strip() or not path.strip():
+            raise InputError(f"--quantized-artifact '{value}': expected NAME=PATH.gguf")
+        if name.strip() in out:
+            raise InputError(f"--quantized-artifact: the name '{name.strip()}' is given twice")
+        out[name.strip()] = path.strip()
+    return out
+
+
+# Options that only choose where output, cache and key live, or how chatty the run is: left out of the
+# recorded command, so the same inputs give the same certificate body wherever it is written.
+STORAGE_OPTIONS = {"--out": True, "--overwrite": False, "--cache-dir": True, "--no-cache": False,
+                   "--quiet": False, "--sign-key": True}
+
+
+def reproducible_command(argv: list[str] | None) -> str | None:
+    """`mansu-audit certify ...` as typed (shell-quoted), without the STORAGE_OPTIONS."""
+    import shlex
+
+    if argv is None:
+        return None
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name, eq, _ = token.partition("=")
+        # argparse accepts unique prefixes (--over for --overwrite); it already refused ambiguous ones
+        match = [o for o in STORAGE_OPTIONS if o == name] or \
+            ([o for o in STORAGE_OPTIONS if o.startswith(name)] if name.startswith("--") and len(name) > 2 else [])
+        if len(match) == 1:
+            skip = STORAGE_OPTIONS[match[0]] and not eq
+            continue
+        kept.append(token)
+    return shlex.join(["mansu-audit", *kept])

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--include-forget-text", action="store_true",
+                   help="write forget-set item text (hazardous) into the HTML report, behind a redaction switch "
+                        "(default: left out of the file)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
     result = run_demo(args.out, methods=parse_list(args.methods), quantizers=parse_list(args.quantizers),
-                      cache=cache, device=args.device, progress=not args.quiet)
+                      cache=cache, device=args.device, progress=not args.quiet,
+                      include_forget_text=args.include_forget_text)
     print(format_matrix_table(result.run.results))
     print(f"wall time {result.seconds:.0f} s")
     for cell in result.run.results["cells"]:

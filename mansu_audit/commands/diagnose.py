@@ -13,9 +13,13 @@ HELP = "per-quantizer weight diagnostics of candidate vs base: RMS(delta)/bin wi
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="original model: 'reference' or a local HF folder")
     p.add_argument("--candidate", required=True, help="unlearned model: a local HF folder (or 'reference')")
-    p.add_argument("--quantizers", default="nf4,gptq,int8", help="comma list (default %(default)s)")
+    p.add_argument("--quantizers", default="nf4,gptq-datafree,int8",
+                   help="comma list of registered quantizers, plus gptq-datafree: GPTQ's grid without calibration "
+                        "(symmetric RTN int4 g128), a proxy, not the calibrated gptq certify runs "
+                        "(default %(default)s)")
     p.add_argument("--calibration", default=None,
-                   help="benchmark whose retain_corpus calibrates gptq (default: data-free gptq grid)")
+                   help="benchmark whose retain_corpus calibrates gptq/gptq-act-order "
+                        "(without it they are reported as gptq-datafree)")
     p.add_argument("--per-layer", action="store_true", help="also print one row per layer")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_model_args(p)
@@ -32,15 +36,14 @@ def format_table(diagnosis, per_layer: bool = False) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.api import as_bundle, as_loaded
-    from mansu_audit.diagnostics import diagnose
-    from mansu_audit.quantizers import get_quantizer
+    from mansu_audit.api import as_bundle
+    from mansu_audit.loading import load_model
+    from mansu_audit.diagnostics import diagnose, diagnosed_names
 
     names = parse_list(args.quantizers)
-    for name in names:
-        get_quantizer(name)  # unknown names fail before any model is loaded
-    base = as_loaded(args.base, allow_pickle=args.allow_pickle)
-    cand = as_loaded(args.candidate, allow_pickle=args.allow_pickle)
+    diagnosed_names(names, calibrated=args.calibration is not None)  # unknown names fail before any model loads
+    base = load_model(args.base, allow_pickle=args.allow_pickle)
+    cand = load_model(args.candidate, allow_pickle=args.allow_pickle)
     bundle = as_bundle(args.calibration) if args.calibration else None
     result = diagnose(base.model, cand.model, names, calibration=bundle,
                       tokenizer=base.tokenizer if bundle is not None else None,

@@ -35,14 +35,14 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.api import as_loaded
+    from mansu_audit.loading import load_model
     from mansu_audit.data import load_bundle
 
     bundle = load_bundle(args.benchmark)  # cheap checks first: a bad file fails before the model loads
-    model = as_loaded(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,
                       seed=args.seed, batch_size=args.batch_size, chat_template=args.chat_template,
-                      progress=not args.json)
+                      truncate=args.truncate, progress=not args.json)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

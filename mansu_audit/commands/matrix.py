@@ -29,6 +29,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--include-forget-text", action="store_true",
+                   help="write forget-set item text (hazardous) into the HTML report, behind a redaction switch "
+                        "(default: left out of the file)")
+    g = p.add_argument_group("executor (where the cells run)")
+    g.add_argument("--executor", choices=("inprocess", "ray"), default="inprocess",
+                   help="inprocess (default: one cell after another here) or ray (each cell a Ray task; "
+                        "needs mansu-audit[ray])")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster: 'auto' (a running cluster), 'ray://host:10001' (Ray Client); "
+                        "default: start a local one")
+    g.add_argument("--gpus-per-cell", type=float, default=None, metavar="N",
+                   help="GPUs each cell reserves (default 1 when the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-cell", type=float, default=None, metavar="N",
+                   help="CPUs each cell reserves and its torch thread count (default: 1 on Ray, torch's count "
+                        "in-process); results are byte-identical across executors for equal values")
+    g.add_argument("--max-retries", type=int, default=3, metavar="N",
+                   help="reruns of a cell whose worker died (default %(default)s)")
 
 
 def parse_method_overrides(values: list[str]) -> dict[str, list[str]]:
@@ -56,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from mansu_audit.cache import NoCache, ResultCache
     from mansu_audit.errors import InputError
     from mansu_audit.matrix import (compare_to_baseline, format_matrix_table, parse_tolerance, read_results,
-                                    run_matrix, save_baseline, write_matrix_html)
+                                    run_matrix, write_matrix_html, write_results)
 
     if args.quiet:
         from transformers.utils import logging as hf_logging
@@ -70,15 +87,22 @@ def run(args: argparse.Namespace) -> int:
     tolerances = parse_tolerance(args.tolerance)
     baseline = read_results(args.baseline) if args.baseline else None  # fail before the long run
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
+    from mansu_audit.executors import make_executor
+
+    executor = make_executor(getattr(args, "executor", "inprocess"), address=getattr(args, "ray_address", None),
+                             cpus_per_cell=getattr(args, "cpus_per_cell", None),
+                             gpus_per_cell=getattr(args, "gpus_per_cell", None),
+                             max_retries=getattr(args, "max_retries", 3))
     run_ = run_matrix(methods, parse_list(args.quantizers), parse_seeds(args.seeds), Path(args.out),
                       base=args.base, benchmark=args.benchmark, policy=args.policy, cache=cache, overrides=overrides,
-                      device=args.device, progress=not args.quiet)
+                      device=args.device, progress=not args.quiet, executor=executor,
+                      include_forget_text=args.include_forget_text)
     print(format_matrix_table(run_.results))
     print(f"results: {run_.results_path}")
     print(f"matrix: {run_.html_path}")
     print(f"report: {run_.report_path}")
     if args.save_baseline:
-        print(f"baseline saved: {save_baseline(run_.results, args.save_baseline)}")
+        print(f"baseline saved: {write_results(run_.results, args.save_baseline)}")
     if baseline is None:
         return 0
     regressions = compare_to_baseline(run_.results, baseline, tolerances)

@@ -3,12 +3,16 @@
 Python API: `convert_wmdp`, `convert_mmlu`, `convert_generic` (all take a
 `ConvertOptions`), `rematch_corrupt` to fit neutral corrupt stems to a
 tokenizer. The CLI is `mansu-audit convert`.
+
+Layers: `readers` (tables -> items) <- `options` (the pipeline: `build`) <- the thin
+converters `generic`, `mmlu`, `wmdp`; `bundle` splits, corrupts and writes.
 """
 from mansu_audit.convert.bundle import (DEFAULT_ATTR_FRACTION, neutral_corrupt, rematch_corrupt, split_forget,
                                         write_bundle)
-from mansu_audit.convert.generic import FieldMap, convert_generic, read_table
-from mansu_audit.convert.mmlu import convert_mmlu, read_mmlu
+from mansu_audit.convert.generic import convert_generic
+from mansu_audit.convert.mmlu import convert_mmlu
 from mansu_audit.convert.options import ConvertOptions
+from mansu_audit.convert.readers import FieldMap, read_mmlu, read_table
 from mansu_audit.convert.wmdp import WMDP_SUBJECTS, convert_wmdp
 
 __all__ = ["ConvertOptions", "DEFAULT_ATTR_FRACTION", "FieldMap", "WMDP_SUBJECTS", "convert_generic",

@@ -29,6 +29,7 @@ import numpy as np
 
 from mansu_audit.data import MCQItem, load_bundle
 from mansu_audit.errors import InputError
+from mansu_audit.io import UMASK
 from mansu_audit.prompts import format_prompt
 
 DEFAULT_ATTR_FRACTION = 0.2
@@ -147,9 +148,7 @@ def write_bundle(out: str | Path, name: str, mcq: dict[str, Sequence[MCQItem]], 
     check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the bundle is an ordinary folder
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; the bundle is an ordinary folder
     try:
         splits = {}
         for split, items in mcq.items():

@@ -2,27 +2,18 @@
 
 Source layout (hub parquet `all/test-*.parquet` or its JSON export):
 `question`, `subject`, `choices` (4 str), `answer` (int). MMLU is also the
-usual retain set of other converters (`--retain-source`), read by `read_mmlu`.
+usual retain set of other converters (`--retain-source`), read by `readers.read_mmlu`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from mansu_audit.convert.generic import FieldMap, filter_subjects, read_table, rows_to_items
 from mansu_audit.convert.options import ConvertOptions, build
+from mansu_audit.convert.readers import FieldMap, filter_subjects, read_mmlu
 from mansu_audit.data import MCQItem
 from mansu_audit.errors import InputError
 
 MMLU_HUB_ID = "cais/mmlu"
-
-
-def read_mmlu(source: str | Path, config: str | None = "all", split: str = "test",
-              subjects: tuple[str, ...] | None = None, fields: FieldMap | None = None,
-              id_prefix: str = "mmlu") -> tuple[list[MCQItem], object]:
-    """MMLU items (optionally only `subjects`) and the table they came from."""
-    table = read_table(source, config, split)
-    items = rows_to_items(table, fields or FieldMap(), id_prefix)
-    return filter_subjects(items, subjects, table.origin), table
 
 
 def convert_mmlu(source: str | Path, forget_subjects: tuple[str, ...], out: str | Path, options: ConvertOptions,

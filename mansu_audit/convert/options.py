@@ -1,4 +1,9 @@
-"""Options shared by every converter, and the step they all end with (`build`)."""
+"""The converters' pipeline: options shared by every converter and the step they all end with (`build`).
+
+Layering: `readers` (read and map rows) <- this module (retain set, corpora,
+splits, corrupt stems, atomic write via `bundle`) <- the thin converters
+(`generic`, `mmlu`, `wmdp`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mansu_audit.convert.bundle import DEFAULT_ATTR_FRACTION, DEFAULT_SEED, assemble, check_out_dir, subsample
-from mansu_audit.convert.generic import FieldMap, Table, read_corpus
+from mansu_audit.convert.readers import FieldMap, Table, read_corpus, read_mmlu
 from mansu_audit.data import MCQItem
 from mansu_audit.errors import InputError
 
@@ -35,8 +40,6 @@ class ConvertOptions:
 
 
 def read_retain(options: ConvertOptions) -> tuple[list[MCQItem], Table]:
-    from mansu_audit.convert.mmlu import read_mmlu
-
     if options.retain_source is None:
         raise InputError("a retain benchmark is needed: pass --retain-source (MMLU parquet/JSON, a folder, "
                          "or the hub id cais/mmlu)")
@@ -61,7 +64,7 @@ def build(out: str | Path, name: str, forget: Sequence[MCQItem], forget_table: T
             provenance[split] = table.provenance()
     tokenizer = None
     if options.tokenizer is not None:
-        from mansu_audit.loaders import load_tokenizer
+        from mansu_audit.loading import load_tokenizer
 
         tokenizer = load_tokenizer(options.tokenizer)
     return assemble(out, options.name or name, forget, retain, attr_fraction=options.attr_fraction,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mansu_audit.convert.generic import FieldMap, read_table, rows_to_items
 from mansu_audit.convert.options import ConvertOptions, build
+from mansu_audit.convert.readers import FieldMap, read_table, rows_to_items
 from mansu_audit.errors import InputError
 
 WMDP_SUBJECTS = {"wmdp-bio": "biology", "wmdp-chem": "chemistry", "wmdp-cyber": "cybersecurity"}

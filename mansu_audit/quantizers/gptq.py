@@ -32,9 +32,10 @@ from torch import nn
 
 from mansu_audit.errors import InputError
 from mansu_audit.quantizers.record import QuantRecord
-from mansu_audit.quantizers.registry import QuantizeInputs, register_quantizer
-from mansu_audit.quantizers.rtn import uniform_grid, uniform_quantize
-from mansu_audit.quantizers.walk import decoder_blocks, is_linear, linear_weight, set_linear_weight
+from mansu_audit.quantizers.apply import QuantizeInputs, register_quantizer
+from mansu_audit.quantizers.rtn import uniform_grid
+from mansu_audit.architecture import decoder_layers
+from mansu_audit.quantizers.walk import is_linear, linear_weight, set_linear_weight
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def gptq_quantize_model(model: nn.Module, texts, tokenizer, settings: GPTQSettin
                         ) -> tuple[dict[str, QuantRecord], dict]:
     """Sequential GPTQ of every decoder Linear of `model`, in place."""
     chunks = calibration_chunks(texts, tokenizer, settings.n_texts, settings.seq_len, settings.seed)
-    blocks = decoder_blocks(model)
+    blocks = decoder_layers(model)
     records: dict[str, QuantRecord] = {}
     with torch.no_grad():
         samples = _block_inputs(model, blocks[0][1], chunks)

@@ -91,8 +91,10 @@ def _absmax_and_scaled(weight: torch.Tensor, blocksize: int):
 def _bucket(scaled: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
     """uint8 count of midpoints strictly below each value = torch.bucketize(scaled, midpoints) (right=False).
 
-    Fifteen vectorised comparisons are ~3.5x faster than bucketize's per-element binary
-    search on CPU, and give the identical index (ties, i.e. a value equal to a midpoint, go low).
+    The one op that turns scaled weights into 4-bit sorted positions (the quantizer and
+    the bin geometry both call it). Fifteen vectorised comparisons are ~3.5x faster than
+    bucketize's per-element binary search on CPU, and give the identical index (ties,
+    i.e. a value equal to a midpoint, go low).
     """
     out = torch.zeros_like(scaled, dtype=torch.uint8)
     mask = torch.empty_like(scaled, dtype=torch.bool)
@@ -100,16 +102,6 @@ def _bucket(scaled: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
         torch.gt(scaled, m, out=mask)
         out.add_(mask)
     return out
-
-
-def quantize_4bit_codes(weight: torch.Tensor, quant_type: str = "nf4",
-                        blocksize: int = DEFAULT_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 codes shaped like `weight`, float32 absmax per block), equal to bitsandbytes' packed codes."""
-    absmax, scaled, n = _absmax_and_scaled(weight, blocksize)
-    _, midpoints, order = _bounds(quant_type)
-    sorted_pos = _bucket(scaled.reshape(-1)[:n], midpoints)
-    codes = sorted_pos if quant_type == "nf4" else order[sorted_pos.int()].to(torch.uint8)
-    return codes.view(weight.shape), absmax
 
 
 def _decode_table(quant_type: str, last_dim: int) -> torch.Tensor:
@@ -120,19 +112,6 @@ def _decode_table(quant_type: str, last_dim: int) -> torch.Tensor:
         table = table.clone()
         table[8] = -0.0
     return table
-
-
-def dequantize_4bit_codes(codes: torch.Tensor, absmax: torch.Tensor, quant_type: str = "nf4",
-                          blocksize: int = DEFAULT_BLOCKSIZE, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """code level times block absmax in float32, then cast (bitsandbytes' dequantize_4bit)."""
-    n = codes.numel()
-    table = _decode_table(quant_type, codes.shape[-1] if codes.dim() else 1)
-    values = table.to(codes.device)[codes.reshape(-1).int()]
-    nblocks = absmax.numel()
-    if nblocks * blocksize != n:
-        values = torch.nn.functional.pad(values, (0, nblocks * blocksize - n))
-    out = (values.view(nblocks, blocksize) * absmax[:, None]).reshape(-1)[:n]
-    return out.view(codes.shape).to(dtype)
 
 
 @lru_cache(maxsize=None)
@@ -191,8 +170,8 @@ def fake_quant_4bit(weight: torch.Tensor, quant_type: str = "nf4", blocksize: in
 
 
 @dataclass
-class NF4Geometry:
-    """Where each weight sits in its 4-bit bin (all tensors shaped like the weight).
+class FourBitGeometry:
+    """Where each weight sits in its 4-bit (nf4 or fp4) bin (all tensors shaped like the weight).
 
     A weight w keeps its code iff `lower < w <= upper` (float32 comparison) while
     its block absmax is unchanged; `lower`/`upper` are the exact float32
@@ -226,13 +205,13 @@ def _largest_not_above(threshold: torch.Tensor, scale: torch.Tensor, divide: tor
 
 
 def bin_geometry_4bit(weight: torch.Tensor, quant_type: str = "nf4",
-                      blocksize: int = DEFAULT_BLOCKSIZE) -> NF4Geometry:
-    """Per-weight bin boundaries and widths of the 4-bit quantizer (see NF4Geometry)."""
+                      blocksize: int = DEFAULT_BLOCKSIZE) -> FourBitGeometry:
+    """Per-weight bin boundaries and widths of the 4-bit quantizer (see FourBitGeometry)."""
     shape = weight.shape
     blocks, n, rem = _blocks(weight, blocksize)
     absmax, scaled, _ = _absmax_and_scaled(weight, blocksize)
     levels, midpoints, order = _bounds(quant_type)
-    pos = torch.bucketize(scaled, midpoints)  # sorted position of each code, (blocks, bs)
+    pos = _bucket(scaled, midpoints).long()  # sorted position of each code, (blocks, bs)
     safe = absmax.clamp(min=1e-38)
     scale = (1.0 / safe)[:, None].expand_as(blocks).clone()
     divide = torch.zeros_like(blocks, dtype=torch.bool)
@@ -256,11 +235,11 @@ def bin_geometry_4bit(weight: torch.Tensor, quant_type: str = "nf4",
     def shaped(t):
         return t.reshape(-1)[:n].view(shape)
 
-    return NF4Geometry(codes=shaped(codes.to(torch.uint8)), lower=shaped(lower), upper=shaped(upper),
+    return FourBitGeometry(codes=shaped(codes.to(torch.uint8)), lower=shaped(lower), upper=shaped(upper),
                        bin_width=shaped(width), absmax=shaped(block_absmax), is_block_absmax=shaped(is_max))
 
 
-def nf4_bin_geometry(weight: torch.Tensor, blocksize: int = DEFAULT_BLOCKSIZE) -> NF4Geometry:
+def nf4_bin_geometry(weight: torch.Tensor, blocksize: int = DEFAULT_BLOCKSIZE) -> FourBitGeometry:
     """NF4 bin geometry of a weight (for MANSU's magnitude floor and the diagnostics)."""
     return bin_geometry_4bit(weight, "nf4", blocksize)
 

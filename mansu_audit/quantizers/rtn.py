@@ -4,7 +4,7 @@ The grid is GPTQ's (`Quantizer.find_params` of Frantar et al.): per output row
 and group of `group_size` input columns, the range [min(w, 0), max(w, 0)] is
 split into 2^bits − 1 steps; asymmetric grids round the zero point, symmetric
 ones centre it at 2^(bits−1). A group that is all zeros gets the range [−1, 1]
-so its scale is never zero. GPTQ reuses `uniform_grid`/`uniform_quantize`, so
+so its scale is never zero. GPTQ reuses `uniform_grid`, so
 GPTQ with an identity Hessian is exactly this RTN.
 """
 from __future__ import annotations
@@ -38,11 +38,6 @@ def uniform_grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Ten
 
 def uniform_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
-
-
-def uniform_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Dequantized value scale * (code − zero) of every element."""
-    return scale * (uniform_codes(w, scale, zero, bits) - zero)
 
 
 def rtn_fake_quant(weight: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP, symmetric: bool = False

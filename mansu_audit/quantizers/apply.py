@@ -1,9 +1,10 @@
-"""Quantizer registry: name -> function that quantizes a model copy in place.
+"""Applying a quantizer to a model: the quantizer contract and `quantize_model`.
 
 A quantizer is `fn(model, inputs: QuantizeInputs) -> (records, settings)`: it
 replaces the weights of `quantizable_linears(model)` by their dequantized
 values on the copy it is handed and returns one `QuantRecord` per weight.
-Built-ins register with `@register_quantizer("name")`; third parties do the
+Quantizers live in the one registry `mansu_audit.registry.QUANTIZERS`:
+built-ins register with `@register_quantizer("name")`; third parties do the
 same in their package and expose the module (or the function) under the
 entry-point group `mansu_audit.quantizers`, so no file here is edited.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Callable
 
 import torch
@@ -20,8 +20,9 @@ from torch import nn
 from mansu_audit.errors import InputError
 from mansu_audit.quantizers.record import QuantizedModel, QuantRecord
 from mansu_audit.quantizers.walk import linear_weight, quantizable_linears, set_linear_weight
+from mansu_audit.registry import QUANTIZERS, get_quantizer
 
-ENTRY_POINT_GROUP = "mansu_audit.quantizers"
+ENTRY_POINT_GROUP = QUANTIZERS.group
 
 
 @dataclass(frozen=True)
@@ -35,41 +36,27 @@ class QuantizeInputs:
 QuantizeFn = Callable[[nn.Module, QuantizeInputs], tuple[dict[str, QuantRecord], dict]]
 WeightFn = Callable[[str, torch.Tensor], tuple[torch.Tensor, QuantRecord]]
 
-_REGISTRY: dict[str, QuantizeFn] = {}
-_entry_points_loaded = False
-
 
 def register_quantizer(name: str) -> Callable[[QuantizeFn], QuantizeFn]:
-    """Decorator: register `fn(model, inputs) -> (records, settings)` under `name`."""
-
-    def decorate(fn: QuantizeFn) -> QuantizeFn:
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
+    """Decorator: register `fn(model, inputs) -> (records, settings)` under `name` (collisions raise)."""
+    return QUANTIZERS.register(name)
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = ep.load()  # importing the module runs its @register_quantizer decorators
-        if callable(loaded) and ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = loaded
+@dataclass(frozen=True)
+class WeightwiseQuantizer:
+    """A data-free quantizer that treats each weight on its own.
 
+    `quantize_weight(name, weight) -> (dequantized, QuantRecord)` is the per-weight
+    function (MANSU's post-conditions call it on single matrices, so they measure
+    exactly the quantizer that gets certified); calling the object quantizes every
+    `quantizable_linears` weight of a model in place and returns `(records, settings)`.
+    """
 
-def available_quantizers() -> list[str]:
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    quantize_weight: WeightFn
+    settings: dict
 
-
-def get_quantizer(name: str) -> QuantizeFn:
-    _load_entry_points()
-    if name not in _REGISTRY:
-        raise InputError(f"unknown quantizer '{name}' (available: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
+    def __call__(self, model: nn.Module, inputs: QuantizeInputs) -> tuple[dict[str, QuantRecord], dict]:
+        return quantize_weights(model, self.quantize_weight), dict(self.settings)
 
 
 def quantize_weights(model: nn.Module, quantize_weight: WeightFn) -> dict[str, QuantRecord]:
