@@ -11,6 +11,7 @@ from mansu_audit.data import MCQ_SPLITS, Bundle, load_bundle
 from mansu_audit.evaluate import MCQResult
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.prompts import chat_prompt_fn, chat_template_record
+from mansu_audit.quantizers import quantize_model
 from mansu_audit.stats import DEFAULT_B, DEFAULT_SEED, Estimate, accuracy_ci
 
 FULL_PRECISION = "fp32"
@@ -72,8 +73,6 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
                                 **({"truncate": truncate} if truncate else {})}, notes=list(loaded.notes))
     variants = [(FULL_PRECISION, loaded.model)]
     for qname in dict.fromkeys(q for q in quantizers if q != FULL_PRECISION):
-        from mansu_audit.quantizers import quantize_model
-
         variants.append((qname, quantize_model(loaded.model, qname, tokenizer=loaded.tokenizer,
                                                calibration=bundle).model))
     for qname, m in variants:

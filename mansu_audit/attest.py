@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mansu_audit.errors import InputError, first_line
+from mansu_audit.loading import TOKENIZER_FILES
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://mansu-audit.dev/certificate/v1"
@@ -59,8 +60,6 @@ def _canonical(obj) -> bytes:
 
 
 def _is_weight_file(name: str) -> bool:
-    from mansu_audit.loading import TOKENIZER_FILES
-
     leaf = name.rsplit("/", 1)[-1]
     return leaf not in TOKENIZER_FILES and not (leaf.endswith(".json") and not leaf.endswith(".index.json"))
 

@@ -8,7 +8,9 @@ stale entry, and an interrupted run finds every finished entry again.
 
 Entries are JSON files written atomically (temp file + os.replace), so a crash
 never leaves a half-written entry behind. Location: `$MANSU_CACHE_DIR`, else
-`.mansu_cache/` in the working directory.
+`$XDG_CACHE_HOME/mansu-audit` (default `~/.cache/mansu-audit`): never the caller's
+working directory unless asked. The library's own default is no cache at all
+(`certify(cache=None)`); the CLI opts in.
 
 An entry cannot lie: it is `{"format", "key", "stage", "inputs", "value_sha256",
 "value"}`; `get` recomputes the key from the stored stage and inputs and the
@@ -35,7 +37,7 @@ import torch
 from mansu_audit.io import atomic_write_bytes, json_copy
 
 CACHE_ENV = "MANSU_CACHE_DIR"
-DEFAULT_CACHE_DIR = ".mansu_cache"
+CACHE_SUBDIR = "mansu-audit"
 
 
 def canonical_json(obj) -> bytes:
@@ -75,7 +77,11 @@ def files_sha256(paths: Iterable[Path]) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+    """`$MANSU_CACHE_DIR`, else `$XDG_CACHE_HOME/mansu-audit`, else `~/.cache/mansu-audit`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / CACHE_SUBDIR
 
 
 ENTRY_FORMAT = 2

@@ -26,9 +26,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
-from mansu_audit.cache import canonical_json
-from mansu_audit.io import atomic_write_bytes, read_json_object, sha256_file
+from mansu_audit.cache import canonical_json, state_dict_sha256, tokenizer_sha256
+from mansu_audit.data import resolve_benchmark
 from mansu_audit.errors import InputError
+from mansu_audit.io import atomic_write_bytes, read_json_object, sha256_file
+from mansu_audit.loading import TOKENIZER_FILES, load_model, model_file_map
+from mansu_audit.policy import load_policy
+from mansu_audit.rederive import derived_guard, rederive, schema_version_of, unquantized_label as label
+from mansu_audit.verdicts import GuardFinding
 
 SCHEMA_NAME = "mansu-audit-certificate"
 SCHEMA_VERSION = 2
@@ -133,14 +138,12 @@ def read_certificate(path: str | Path) -> Certificate:
 
 def body_schema_version(body: Mapping) -> int:
     """The schema version a body was written under (2 has the 'unquantized' record)."""
-    from mansu_audit.rederive import schema_version_of
 
     return schema_version_of(body)
 
 
 def unquantized_label(body: Mapping) -> str:
     """The variant name of the unquantized model in this body: 'unquantized' (schema 2) or 'fp32' (1)."""
-    from mansu_audit.rederive import unquantized_label as label
 
     return label(body)
 
@@ -152,11 +155,9 @@ def guard_messages(body: Mapping) -> list[str]:
 
 def guard_records(body: Mapping) -> list:
     """The guard findings as `GuardFinding`s; a schema-1 body's are re-derived from its per-item vectors."""
-    from mansu_audit.verdicts import GuardFinding
 
     if body_schema_version(body) >= 2:
         return [GuardFinding.from_dict(g) for g in body["guard"]]
-    from mansu_audit.rederive import derived_guard
 
     return derived_guard(body)
 
@@ -193,8 +194,6 @@ def format_verdict_table(body: Mapping) -> str:
 
 
 def _file_kind(name: str) -> str:
-    from mansu_audit.loading import TOKENIZER_FILES
-
     name = name.rsplit("/", 1)[-1]  # adapter certificates prefix names with base/ and adapter/
     if name in TOKENIZER_FILES:
         return "tokenizer"
@@ -218,14 +217,10 @@ def _compare_files(label: str, recorded: Mapping[str, str], current: Mapping[str
 
 
 def _verify_model(role: str, record: Mapping, spec: str | None) -> list[str]:
-    from mansu_audit.cache import state_dict_sha256
-    from mansu_audit.loading import load_model, model_file_map
-
     spec = spec or record.get("path")
     if spec is None:
         return [f"{role}: certified as an in-memory model; pass --{role} FOLDER to check its weights"]
     if not record["files"]:  # certified in memory: compare the weights (and tokenizer) themselves
-        from mansu_audit.cache import tokenizer_sha256
 
         loaded = load_model(spec)
         changes = []
@@ -252,10 +247,6 @@ def verify_certificate(path: str | Path, *, base: str | None = None, candidate: 
     both models' weight/config/tokenizer files, the benchmark files, the policy
     file and the `results.json` sidecar. (A signature check belongs after the schema.)
     """
-    from mansu_audit.rederive import rederive
-
-    from mansu_audit.data import resolve_benchmark
-    from mansu_audit.policy import load_policy
 
     path = Path(path)
     doc = read_document(path)

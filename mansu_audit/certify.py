@@ -24,20 +24,27 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from mansu_audit._version import __version__
-from mansu_audit.cache import (ResultCache, files_sha256, mcq_items_sha256, sha256_json, state_dict_sha256,
+from mansu_audit.attest import ATTESTATION_FILE, attestation_bytes, load_private_key
+from mansu_audit.batching import AutoBatch
+from mansu_audit.cache import (NoCache, ResultCache, files_sha256, mcq_items_sha256, sha256_json, state_dict_sha256,
                                tokenizer_sha256)
-from mansu_audit.certificate import RESULTS_FILE, Certificate, now_utc
+from mansu_audit.certificate import CERTIFICATE_FILE, Certificate, RESULTS_FILE, now_utc
+from mansu_audit.circuits import compute_cad
 from mansu_audit.compat import check_compatible
+from mansu_audit.consistency import run_stage as run_consistency_check
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.desiderata import (BASE, CANDIDATE, UNQUANTIZED, Assessment, assess, cad_control_from_details,
                                      per_item_record, unquantized_record, variant_key)
 from mansu_audit.errors import InputError
-from mansu_audit.batching import AutoBatch
 from mansu_audit.evaluate import MCQResult, evaluate_mcq
 from mansu_audit.io import json_copy, json_safe, progress_logger, sha256_file
 from mansu_audit.loading import LoadedModel, load_model
-from mansu_audit.prompts import chat_prompt_fn, chat_template_record
+from mansu_audit.outdir import check_output_dir, publish_dir
 from mansu_audit.policy import Policy, load_policy
+from mansu_audit.prompts import chat_prompt_fn, chat_template_record
+from mansu_audit.quantizers import available_quantizers, quantize_model
+from mansu_audit.quantizers.gguf import artifact_record, load_artifact
+from mansu_audit.recovery import run_stage as run_recovery
 from mansu_audit.stats import Estimate, mean_ci
 
 DEFAULT_QUANTIZERS = ("nf4", "gptq", "int8")
@@ -109,8 +116,6 @@ class Evaluations:
 
 
 def _quantize(model: LoadedModel, name: str, bundle: Bundle):
-    from mansu_audit.quantizers import quantize_model
-
     return quantize_model(model.model, name, tokenizer=model.tokenizer, calibration=bundle)
 
 
@@ -118,7 +123,6 @@ def check_quantizers(quantizers: Sequence[str]) -> None:
     """Refuse unknown quantizer names before any long stage runs."""
     if not quantizers:
         return
-    from mansu_audit.quantizers import available_quantizers
 
     known = available_quantizers()
     for q in quantizers:
@@ -133,9 +137,6 @@ def check_artifacts(artifacts: dict[str, str | Path], quantizers: Sequence[str])
     the registered quantizers and the `quantizers` asked for (a variant is named once).
     """
     import re
-
-    from mansu_audit.quantizers import available_quantizers
-    from mansu_audit.quantizers.gguf import artifact_record
 
     taken = {UNQUANTIZED, "fp32", *available_quantizers(), *quantizers}
     out = {}
@@ -171,8 +172,6 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     settings: dict[str, dict] = {}
     artifacts = dict(artifacts or {})
     if artifacts:
-        from mansu_audit.quantizers.gguf import artifact_record
-
         for name, path in artifacts.items():  # the file's digest enters the cache keys and the certificate
             settings[name] = {**artifact_record(path), "base": ARTIFACT_BASE}
     for variant in (UNQUANTIZED, *quantizers):
@@ -192,8 +191,6 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
             evaluated = model.model
             if any(v is None for v in cached.values()) and variant in artifacts:
                 if role == CANDIDATE:
-                    from mansu_audit.quantizers.gguf import load_artifact
-
                     _log(progress, f"loading {role} artifact {variant} ({settings[variant]['artifact']})")
                     evaluated = load_artifact(artifacts[variant], model.model).model
             elif any(v is None for v in cached.values()) and variant != UNQUANTIZED:
@@ -252,7 +249,6 @@ def _cad_entry_check(value: dict) -> None:
 def _cad_from_circuits(base: LoadedModel, candidate: LoadedModel, bundle: Bundle, policy: Policy, cache: ResultCache,
                        progress: bool) -> tuple[Estimate, dict]:
     """The bundled EAP-IG + CAD on `forget_attr`, cached by both models' content."""
-    from mansu_audit.circuits import compute_cad
 
     items = bundle.split(CAD_SPLIT)
     inputs = {"base": model_content_sha256(base), "candidate": model_content_sha256(candidate),
@@ -405,7 +401,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
     `policy` is a `Policy`, a YAML file or None (defaults). `cache` defaults to
-    `ResultCache()` ($MANSU_CACHE_DIR or .mansu_cache/); pass `NoCache()` to disable.
+    no cache (the library keeps no hidden state); pass `ResultCache()` to use the CLI's cache
+    ($MANSU_CACHE_DIR or ~/.cache/mansu-audit) and share its entries.
     Models given by name load on `device` ("auto": the GPU when present) in `dtype`
     (None: float32 on CPU, bf16 on GPU); `batch_size=None` is chosen automatically.
     `chat_template` (auto|on|off) is recorded in the certificate's `prompting`;
@@ -435,14 +432,10 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     """
     import time
 
-    from mansu_audit.outdir import check_output_dir
-
     started = time.perf_counter()
     if out is not None:
         check_output_dir(out, overwrite)
     if sign_key is not None and not hasattr(sign_key, "sign"):
-        from mansu_audit.attest import load_private_key
-
         sign_key = load_private_key(sign_key)
     policy_source = None
     if not isinstance(policy, Policy):
@@ -452,7 +445,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     check_quantizers(quantizers)
     artifacts = check_artifacts(dict(artifacts or {}), quantizers)
     quantizers = (*quantizers, *artifacts)
-    cache = cache if cache is not None else ResultCache()
+    cache = cache if cache is not None else NoCache()
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)  # cheap checks first
     for split in EVAL_SPLITS:
         bundle.split(split)
@@ -480,15 +473,11 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
         prompt_fns = {r: chat_prompt_fn(m.tokenizer, chat_template) for r, m in roles.items()}
         prompting = {r: chat_template_record(m.tokenizer, chat_template) for r, m in roles.items()}
     if run_relearn:
-        from mansu_audit.recovery import run_stage as run_recovery
-
         recovery_stage = run_recovery(models, bundle, policy, cache, oracle=oracle_m, prompt_fns=prompt_fns,
                                       prompting=prompting, truncate=truncate, log=lambda m: _log(progress, m))
         stage_seconds.update(recovery_stage.seconds)
         timings["relearn"] = time.perf_counter() - started - sum(timings.values())
     if run_consistency:
-        from mansu_audit.consistency import run_stage as run_consistency_check
-
         consistency_section, seconds = run_consistency_check(
             models, bundle, policy, cache, prompt_fns=prompt_fns, prompting=prompting, truncate=truncate,
             batch_size=batch_size, log=lambda m: _log(progress, m))
@@ -508,10 +497,6 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     certificate = Certificate(body, now_utc())
     certificate.validate()
     if out is not None:
-        from mansu_audit.attest import ATTESTATION_FILE, attestation_bytes
-        from mansu_audit.certificate import CERTIFICATE_FILE
-        from mansu_audit.outdir import publish_dir
-
         timings["total"] = time.perf_counter() - started
         run = {"created_utc": certificate.created_utc, "command": command, "body_sha256": certificate.body_sha256,
                "wall_seconds": {k: round(v, 3) for k, v in timings.items()},

@@ -37,7 +37,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from mansu_audit.cache import ResultCache, files_sha256, mcq_items_sha256
 from mansu_audit.data import MCQItem
+from mansu_audit.evaluate import evaluate_mcq
 from mansu_audit.io import json_copy
 from mansu_audit.stats import DEFAULT_B, DEFAULT_LEVEL, DEFAULT_SEED, Estimate, paired_bootstrap
 
@@ -137,7 +139,6 @@ def permutation_consistency(model: torch.nn.Module, tokenizer, items: Sequence[M
     auto-batching wrapper). The bootstrap uses `seed`; the permutations (mode
     "permutations") use their own generator from the same seed.
     """
-    from mansu_audit.evaluate import evaluate_mcq
 
     evaluator = evaluator or evaluate_mcq
     items = list(items)
@@ -168,8 +169,6 @@ CHECKED_SPLITS = ("forget_eval", "retain_eval")
 def _code_sha256() -> str:
     from pathlib import Path
 
-    from mansu_audit.cache import files_sha256
-
     here = Path(__file__).resolve().parent
     return files_sha256(here / n for n in ("consistency.py", "evaluate.py", "prompts.py") if (here / n).is_file())
 
@@ -185,7 +184,6 @@ def run_stage(models: dict, bundle, policy, cache, *, prompt_fns: dict | None = 
     import json
     import time
 
-    from mansu_audit.cache import ResultCache, mcq_items_sha256
     from mansu_audit.certify import model_content_sha256, runtime_record
 
     log = log or (lambda _m: None)
@@ -232,6 +230,4 @@ def run_stage(models: dict, bundle, policy, cache, *, prompt_fns: dict | None = 
 
 
 def _evaluate(*args, **kwargs):
-    from mansu_audit.evaluate import evaluate_mcq
-
     return evaluate_mcq(*args, **kwargs)

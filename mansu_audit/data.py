@@ -17,12 +17,11 @@ load as before.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mansu_audit.errors import InputError
-from mansu_audit.io import read_jsonl_objects, sha256_file
+from mansu_audit.io import read_json, read_jsonl_objects, sha256_file
 from mansu_audit.resources import bundled_data_dir
 
 MCQ_SPLITS = ("forget_eval", "retain_eval", "forget_attr")
@@ -81,10 +80,6 @@ class Bundle:
         """Whether MCQ prompts open with lm-eval's subject line (manifest `prompt.subject_line`; WMDP/MMLU bundles)."""
         prompt = self.manifest.get("prompt") or {}
         return bool(prompt.get("subject_line", False)) if isinstance(prompt, dict) else False
-
-    @property
-    def num_choices(self) -> int:
-        return len(self.mcq["forget_eval"][0].choices)
 
     def file_hashes(self) -> dict[str, str]:
         """SHA-256 of the manifest and every split file, by path relative to the bundle."""
@@ -161,14 +156,7 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise InputError("benchmark folder has no manifest.json", root)
-    try:
-        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte {exc.start})", manifest_path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"bad JSON: {exc.msg}", manifest_path, exc.lineno) from None
-    except RecursionError:
-        raise InputError("bad JSON: nested too deeply", manifest_path) from None
+    manifest = read_json(manifest_path)
     splits = manifest.get("splits") if isinstance(manifest, dict) else None
     if not isinstance(splits, dict):
         raise InputError("manifest needs a 'splits' object", manifest_path)

@@ -27,6 +27,7 @@ from typing import Sequence
 
 from mansu_audit.cache import ResultCache
 from mansu_audit.errors import InputError
+from mansu_audit.matrix import MATRIX_FILE, check_inputs, read_results, run_matrix
 
 DEMO_METHODS = ("mansu", "ga", "npo", "rmu")
 DEMO_QUANTIZERS = ("nf4", "gptq", "int8")
@@ -46,7 +47,6 @@ class DemoResult:
 
 def _clear_previous(out: Path) -> None:
     """Remove the certificate folders of a previous demo run in `out` (only what that run listed)."""
-    from mansu_audit.matrix import MATRIX_FILE, read_results
 
     if not out.exists():
         return
@@ -69,7 +69,6 @@ def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHOD
              progress: bool = True, include_forget_text: bool = False) -> DemoResult:
     """Run the demo into `out`; returns the matrix run and the wall time (forget-set item text is left out
     of the report unless `include_forget_text`)."""
-    from mansu_audit.matrix import check_inputs, run_matrix
 
     out = Path(out)
     check_inputs(methods, quantizers, (DEMO_SEED,))

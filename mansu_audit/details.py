@@ -23,8 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from mansu_audit.cache import ResultCache, files_sha256, mcq_items_sha256
-from mansu_audit.io import json_copy, read_json_object, sha256_file, write_json
+from mansu_audit.certify import model_content_sha256
+from mansu_audit.circuits import attribute, select_circuit
 from mansu_audit.data import Bundle
+from mansu_audit.diagnostics import diagnose
+from mansu_audit.io import json_copy, read_json_object, sha256_file, write_json
 from mansu_audit.loading import LoadedModel
 
 DETAILS_FILE = "details.json"
@@ -65,8 +68,6 @@ class BaseAttributions:
         self._by_model: dict[int, object] = {}
 
     def get(self, base: LoadedModel, items, progress: bool):
-        from mansu_audit.circuits import attribute
-
         key = id(base.model)
         if key not in self._by_model:
             self._by_model[key] = attribute(base.model, base.tokenizer, items, steps=ATTRIBUTION_STEPS,
@@ -78,9 +79,6 @@ def compute_details(base: LoadedModel, candidate: LoadedModel, bundle: Bundle, q
                     cache: ResultCache, *, base_attributions: BaseAttributions | None = None,
                     progress: bool = False) -> dict:
     """Diagnostics and per-layer circuit mass for the pair (cached by content)."""
-    from mansu_audit.certify import model_content_sha256
-    from mansu_audit.circuits import attribute, select_circuit
-    from mansu_audit.diagnostics import diagnose
 
     has_attr = "forget_attr" in bundle.mcq
     inputs = {"base": model_content_sha256(base), "candidate": model_content_sha256(candidate),

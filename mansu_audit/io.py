@@ -12,6 +12,8 @@ Contract:
   other thread ever sees a 0 umask. `ordinary_permissions(folder)` gives a
   `tempfile.mkdtemp` folder (0700) and its files the modes a plain mkdir/open
   would (0777/0666 less `UMASK`).
+* `read_utf8(path)` / `read_json(path)`: text / any JSON value, or one `InputError` line
+  (not UTF-8: the byte; bad JSON: the line).
 * `read_json_object(path, what)`: a JSON object, or one `InputError` line naming
   the file (missing, not UTF-8/JSON, not an object).
 * `read_jsonl_objects(path)`: (line number, object) per non-blank line; bad lines
@@ -33,7 +35,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from mansu_audit.errors import InputError
+from mansu_audit.errors import InputError, first_line
 
 
 def _read_umask() -> int:
@@ -106,6 +108,27 @@ def write_json(path: str | Path, data) -> None:
     atomic_write(path, text)
 
 
+def read_utf8(path: str | Path) -> str:
+    """A file's text; non-UTF-8 bytes or an unreadable file are one `InputError` line."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", path) from None
+    except OSError as exc:
+        raise InputError(f"unreadable: {first_line(exc)}", path) from None
+
+
+def read_json(path: str | Path):
+    """Any JSON value from a UTF-8 file; bad JSON is one `InputError` line naming file and line."""
+    text = read_utf8(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"bad JSON: {exc.msg}", path, exc.lineno) from None
+    except RecursionError:
+        raise InputError("bad JSON: nested too deeply", path) from None
+
+
 def read_json_object(path: str | Path, what: str) -> dict:
     """A JSON object from `path`; a missing file, bad JSON or a non-object is one `InputError` line."""
     path = Path(path)
@@ -163,4 +186,4 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 __all__ = ["UMASK", "atomic_write", "atomic_write_bytes", "json_copy", "json_safe", "ordinary_permissions",
-           "progress_logger", "read_json_object", "read_jsonl_objects", "sha256_file", "write_json"]
+           "progress_logger", "read_json", "read_json_object", "read_jsonl_objects", "read_utf8", "sha256_file", "write_json"]

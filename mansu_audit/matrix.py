@@ -39,11 +39,22 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mansu_audit.cache import NoCache, ResultCache, files_sha256, sha256_json
+from mansu_audit.cache import FileLock, NoCache, ResultCache, cache_lock, files_sha256, sha256_json, state_dict_sha256
+from mansu_audit.certificate import body_schema_version, guard_messages, guard_records, unquantized_label
+from mansu_audit.certify import BASE, certify, check_quantizers, evaluate_all, model_content_sha256
 from mansu_audit.data import Bundle, load_bundle
+from mansu_audit.desiderata import split_statistics, variant_keys
+from mansu_audit.details import BaseAttributions, compute_details, write_details
 from mansu_audit.errors import InputError
+from mansu_audit.executors import InProcessExecutor
 from mansu_audit.io import atomic_write_bytes, json_copy, progress_logger, read_json_object, write_json
 from mansu_audit.loading import LoadedModel, load_model
+from mansu_audit.policy import Policy
+from mansu_audit.registry import code_files, get_method
+from mansu_audit.report import matrix_html, render_report, write_html
+from mansu_audit.stats import Estimate
+from mansu_audit.unlearn import RECORD_NAME, resolve_method, unlearn
+from mansu_audit.verdicts import UNQUANTIZED, decide
 
 MATRIX_SCHEMA = "mansu-audit-matrix"
 MATRIX_SCHEMA_VERSION = 1
@@ -60,7 +71,6 @@ _log = progress_logger("matrix")
 def methods_code_sha256(method) -> str:
     """Hash of one method's code (its own source file and the method modules it imports,
     `registry.code_files`) and the core code methods call; a change retrains that method only."""
-    from mansu_audit.registry import code_files
 
     pkg = Path(__file__).resolve().parent
     paths = [*code_files(method), *sorted((pkg / "circuits").glob("*.py")), pkg / "unlearn.py",
@@ -84,9 +94,6 @@ def unlearned_checkpoint(method: str, seed: int, overrides: Sequence[str], base:
     """The unlearned checkpoint of (method, settings, seed) on `base`; trained only if not stored yet."""
     from mansu_audit.methods.base import parse_overrides, settings_dict
 
-    from mansu_audit.cache import FileLock, state_dict_sha256
-    from mansu_audit.unlearn import resolve_method
-
     instance = resolve_method(method)
     settings = parse_overrides(instance.Settings, list(overrides))
     key = sha256_json({"method": instance.name, "settings": settings_dict(settings), "seed": seed,
@@ -99,8 +106,6 @@ def unlearned_checkpoint(method: str, seed: int, overrides: Sequence[str], base:
 
 
 def _stored_or_trained(instance, seed, overrides, base, bundle, path: Path, device: str, progress: bool):
-    from mansu_audit.unlearn import RECORD_NAME, unlearn
-
     record_path = path / RECORD_NAME
     if record_path.is_file():
         _log(progress, f"{instance.name} seed {seed}: checkpoint cached ({path})")
@@ -126,7 +131,6 @@ def _estimate(d: Mapping | None) -> dict | None:
 
 def cell_summary(method: str, seed: int, body: Mapping, folder: str) -> dict:
     """Verdicts and headline statistics of one certificate."""
-    from mansu_audit.certificate import guard_messages, unquantized_label
 
     d = body["desiderata"]
     f, r = body["statistics"]["forget_eval"], body["statistics"]["retain_eval"]
@@ -149,7 +153,6 @@ def _correct(body: Mapping, split: str, key: str) -> np.ndarray:
 
 def _envelope(estimates: Sequence[Mapping | None], level: float):
     """Mean point, lowest low, highest high of the seeds' estimates (None if any seed lacks one)."""
-    from mansu_audit.stats import Estimate
 
     if not estimates or any(e is None for e in estimates):
         return None
@@ -165,10 +168,6 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
     on seed-averaged candidate vectors) and verdicts from the same `verdicts.decide`,
     with every seed's guard findings (structured records) applied.
     """
-    from mansu_audit.certificate import guard_records
-    from mansu_audit.desiderata import split_statistics, variant_keys
-    from mansu_audit.policy import Policy
-    from mansu_audit.verdicts import decide
 
     first = bodies[0]
     for b in bodies[1:]:
@@ -204,22 +203,16 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
 
 def _stored_key(body: Mapping, key: str) -> str:
     """A variant key as stored in `body` (schema-1 certificates call the unquantized variant 'fp32')."""
-    from mansu_audit.certificate import unquantized_label
-    from mansu_audit.verdicts import UNQUANTIZED
 
     role, variant = key.split("/", 1)
     return f"{role}/{unquantized_label(body)}" if variant == UNQUANTIZED else key
 
 
 def _rules(body: Mapping) -> int:
-    from mansu_audit.certificate import body_schema_version
-
     return body_schema_version(body)
 
 
 def _messages(body: Mapping) -> list[str]:
-    from mansu_audit.certificate import guard_messages
-
     return guard_messages(body)
 
 
@@ -236,8 +229,6 @@ class MatrixRun:
 
 def check_inputs(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequence[int]) -> None:
     """Refuse unknown methods/quantizers and bad seeds before any long stage."""
-    from mansu_audit.certify import check_quantizers
-    from mansu_audit.registry import get_method
 
     if not methods:
         raise InputError("no methods given")
@@ -288,8 +279,6 @@ class MatrixContext:
         return self._base
 
     def base_attributions(self):
-        from mansu_audit.details import BaseAttributions
-
         if getattr(self, "_attributions", None) is None:
             self._attributions = BaseAttributions()
         return self._attributions
@@ -337,8 +326,6 @@ def _certify_defaults() -> tuple:
     """`certify`'s batch size and chat-template defaults (the base stage must compute the same cache keys)."""
     import inspect
 
-    from mansu_audit.certify import certify
-
     params = inspect.signature(certify).parameters
     return params["batch_size"].default, params["chat_template"].default
 
@@ -369,8 +356,6 @@ def evaluate_base(ctx: MatrixContext, _item=None) -> dict:
     Runs under a lock in the cache folder, so two drivers sharing a cache never
     compute the base entries at once; returns the entries for the cells to read.
     """
-    from mansu_audit.cache import cache_lock
-    from mansu_audit.certify import BASE, evaluate_all, model_content_sha256
 
     base = ctx.loaded_base()
     batch_size, chat_template = _certify_defaults()
@@ -393,10 +378,6 @@ def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
     """
     import shutil
     import tempfile
-
-    from mansu_audit.cache import cache_lock
-    from mansu_audit.certify import certify, model_content_sha256
-    from mansu_audit.details import compute_details, write_details
 
     method, seed, overrides, _folder = cell
     base = ctx.loaded_base()
@@ -448,8 +429,6 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     on the executor or on the number of workers, given the same CPU `threads` per
     cell (default: the executor's `threads_per_cell`, else torch's current count).
     """
-    from mansu_audit.executors import InProcessExecutor
-    from mansu_audit.report import render_report
 
     quantizers = tuple(dict.fromkeys(q for q in quantizers if q != "fp32"))
     seeds = tuple(int(s) for s in seeds)
@@ -584,7 +563,6 @@ def write_matrix_html(out: Path, results: Mapping, *, regressions: Sequence[str]
                       baseline_path: str | None = None, title: str | None = None) -> Path:
     """The comparison page (`report.matrix_html`): the run's identity, verdicts and statistics per cell and
     pooled, one chart per statistic with its policy threshold."""
-    from mansu_audit.report import matrix_html, write_html
 
     html = matrix_html(Path(out), dict(results), regressions=regressions, baseline_path=baseline_path, title=title)
     path = Path(out) / MATRIX_HTML

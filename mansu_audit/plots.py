@@ -195,6 +195,22 @@ def _tip(sname: str, group: str, iv: Interval) -> str:
             + (f" [{_fmt(iv.low)}, {_fmt(iv.high)}]" if _finite(iv.low) and _finite(iv.high) else ""))
 
 
+def _plot_area(y_range: tuple[float, float], lines: Sequence[RefLine], title: str, y_label: str,
+               left: float, top: float, pw: float, ph: float):
+    """(y, body): the value -> pixel map of a `pw` x `ph` plot at (left, top), its y range widened to
+    the outer ticks, and the SVG frame, gridlines and reference lines drawn so far."""
+    lo, hi = y_range
+    ticks = _ticks(lo, hi)
+    lo, hi = min(lo, ticks[0]), max(hi, ticks[-1])
+
+    def y(v: float) -> float:
+        return top + ph * (1 - (v - lo) / (hi - lo))
+
+    body = _frame(title, [(y(t), _fmt(t)) for t in ticks], left, top, pw, ph, y_label)
+    body += _draw_lines(lines, y, left, pw, lo, hi)
+    return y, body
+
+
 def interval_chart(groups: Sequence[str], series: dict[str, Sequence[Interval]], *, title: str,
                    y_label: str = "", y_range: tuple[float, float] | None = None,
                    reference_lines: Sequence = (), colours: Mapping[str, str] | None = None,
@@ -206,20 +222,12 @@ def interval_chart(groups: Sequence[str], series: dict[str, Sequence[Interval]],
     lines = _lines(reference_lines)
     values = [v for ivs in series.values() for iv in ivs for v in (iv.point, iv.low, iv.high) if _finite(v)]
     values += [r.value for r in lines]
-    lo, hi = _y_range(values, y_range)
-    ticks = _ticks(lo, hi)
-    lo, hi = min(lo, ticks[0]), max(hi, ticks[-1])
-    left, right, top, bottom = 56, 170, 24, 36
-    pw, ph = width - left - right, height - top - bottom
-
-    def y(v: float) -> float:
-        return top + ph * (1 - (v - lo) / (hi - lo))
-
-    body = _frame(title, [(y(t), _fmt(t)) for t in ticks], left, top, pw, ph, y_label)
-    body += _draw_lines(lines, y, left, pw, lo, hi)
+    left, top = 56, 24
+    pw, ph = width - left - 170, height - top - 36
+    y, body = _plot_area(_y_range(values, y_range), lines, title, y_label, left, top, pw, ph)
     cmap = series_colours(list(series), colours)
-    n_groups, n_series = max(len(groups), 1), max(len(series), 1)
-    slot = pw / n_groups
+    n_series = max(len(series), 1)
+    slot = pw / max(len(groups), 1)
     for g, name in enumerate(groups):
         cx = left + slot * (g + 0.5)
         body.append(f'<text x="{cx:.1f}" y="{top + ph + 16}" text-anchor="middle">{escape(name)}</text>')
@@ -248,20 +256,12 @@ def slope_chart(groups: Sequence[str], series: dict[str, Sequence[Interval]], *,
         near = [r for r in lines if min(values) - max(span, 0.05) <= r.value <= max(values) + max(span, 0.05)]
     else:
         near = lines
-    lo, hi = _y_range(values + [r.value for r in near], None)
-    ticks = _ticks(lo, hi)
-    lo, hi = min(lo, ticks[0]), max(hi, ticks[-1])
-    left, right, top, bottom = 50, 150, 24, 36
-    pw, ph = width - left - right, height - top - bottom
-
-    def y(v: float) -> float:
-        return top + ph * (1 - (v - lo) / (hi - lo))
-
-    body = _frame(title, [(y(t), _fmt(t)) for t in ticks], left, top, pw, ph, y_label)
-    body += _draw_lines(near, y, left, pw, lo, hi)
+    left, top = 50, 24
+    pw, ph = width - left - 150, height - top - 36
+    y, body = _plot_area(_y_range(values + [r.value for r in near], None), near, title, y_label, left, top, pw, ph)
     cmap = series_colours(list(series), colours)
-    n_groups, n_series = max(len(groups), 1), max(len(series), 1)
-    slot = pw / n_groups
+    n_series = max(len(series), 1)
+    slot = pw / max(len(groups), 1)
     offset = {s: (i - (n_series - 1) / 2) * min(10.0, slot / (n_series + 2)) for i, s in enumerate(series)}
     for g, name in enumerate(groups):
         cx = left + slot * (g + 0.5)

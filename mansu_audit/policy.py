@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mansu_audit.errors import InputError
+from mansu_audit.io import read_utf8
 from mansu_audit.stats import CI_METHODS, DEFAULT_B, DEFAULT_LEVEL, DEFAULT_POWER, DEFAULT_SEED
 
 
@@ -48,8 +49,11 @@ class Policy:
     max_recovery: float = 0.25
     # K's relearning attack budget (read by mansu_audit.recovery): optimizer steps, learning
     # rate, and the fraction of forget items used as attack items (the rest are held out).
-    relearn_steps: int = 30
-    relearn_lr: float = 1e-4
+    # 10 steps at 3e-4 (batch 16) bring a suppressed model's answers back (0.005 -> 0.72) while
+    # the oracle stays at chance (0.23 -> 0.24) and `reference` keeps its accuracy (0.998 -> 0.98);
+    # the measurements are in mansu_audit.recovery's docstring.
+    relearn_steps: int = 10
+    relearn_lr: float = 3e-4
     relearn_fraction: float = 0.10
     # Choice order of the attack examples: "as-given" (fine-tune on the forget data as the bundle
     # states it, the relearning literature's attack) or "redrawn" (a new order per example per
@@ -172,12 +176,7 @@ def load_policy(path: str | Path | None) -> Policy:
     path = Path(path)
     if not path.is_file():
         raise InputError("policy file not found", path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte {exc.start})", path) from None
-    except OSError as exc:
-        raise InputError(f"cannot read the policy: {exc.strerror}", path) from None
+    text = read_utf8(path)
     try:
         data = yaml.load(text, Loader=_unique_key_loader())
     except RecursionError:

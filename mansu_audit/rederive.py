@@ -33,7 +33,11 @@ from typing import Mapping
 
 import numpy as np
 
+from mansu_audit.desiderata import split_statistics, variant_keys
+from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate
+from mansu_audit.verdicts import (GuardFinding, K_AFTER, K_BASE, K_BEFORE, SplitItems, decide, guard_findings,
+                                  k_statistics)
 
 ATOL = 1e-9
 ESTIMATE_FIELDS = ("point", "low", "high", "se", "mde", "n", "B", "seed", "level", "method")
@@ -80,7 +84,6 @@ class _Stop(Exception):
 
 def _split_view(body: Mapping, split: str, keys: list[str], label: str, default_k: int):
     """(correct vectors by v2 key, SplitItems) of one split, after checking lengths and ranges."""
-    from mansu_audit.verdicts import SplitItems
 
     per = body["per_item"].get(split)
     if per is None:
@@ -125,11 +128,6 @@ def rederive(body: Mapping) -> list[str]:
 
 
 def _rederive(body: Mapping) -> list[str]:
-    from mansu_audit.desiderata import split_statistics, variant_keys
-    from mansu_audit.policy import Policy
-    from mansu_audit.verdicts import (K_AFTER, K_BASE, K_BEFORE, GuardFinding, decide, guard_findings,
-                                      k_statistics)
-
     rules = schema_version_of(body)
     label = unquantized_label(body)
     out: list[str] = []
@@ -218,9 +216,6 @@ def _stored_stat(name: str, label: str) -> str:
 
 def derived_guard(body: Mapping):
     """The guard findings of a certificate, re-derived from its per-item vectors (for schema-1 bodies)."""
-    from mansu_audit.desiderata import split_statistics, variant_keys
-    from mansu_audit.policy import Policy
-    from mansu_audit.verdicts import guard_findings
 
     policy = Policy.from_dict(body["policy"]["values"])
     quantizers = list(body["quantizers"])

@@ -38,10 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mansu_audit.io import atomic_write_bytes, sha256_file
+from mansu_audit.attest import ATTESTATION_FILE, check_attestation
 from mansu_audit.certificate import (CERTIFICATE_FILE, RESULTS_FILE, Certificate, guard_messages, read_certificate,
                                      read_document)
+from mansu_audit.details import details_sha256, read_details
 from mansu_audit.errors import InputError
+from mansu_audit.io import atomic_write_bytes, sha256_file
+from mansu_audit.plots import COLOURS, Interval, RefLine, bar_chart, interval_chart, series_colours, slope_chart
 from mansu_audit.resources import bundled_data_dir, templates_dir
 
 REPORT_FILE = "index.html"
@@ -260,12 +263,8 @@ def runtime_of(body: dict) -> dict:
 def signature_status(document: dict | None, body: dict, folder: Path) -> dict:
     """'unsigned', or what signs the certificate (the signature is not checked against a trusted key here:
     `mansu-audit verify --trusted-key PUB` does). Reads the in-toto attestation beside the certificate
-    (`mansu_audit.attest`) when that module exists, else looks for signature fields or files."""
-    try:
-        from mansu_audit.attest import ATTESTATION_FILE, check_attestation
-    except ImportError:
-        check_attestation = None
-    if check_attestation is not None and (folder / ATTESTATION_FILE).is_file():
+    (`mansu_audit.attest`) when there is one, else looks for signature fields or files."""
+    if (folder / ATTESTATION_FILE).is_file():
         try:
             line, problems = check_attestation(folder, body, None)
         except InputError as exc:
@@ -423,8 +422,6 @@ def _matrix_order(root: Path) -> dict[str, int]:
 def load_audit(folder: Path, root: Path) -> Audit:
     import json
 
-    from mansu_audit.details import details_sha256, read_details
-
     cert = read_certificate(folder / CERTIFICATE_FILE)  # checks the body hash and the schema
     document = read_document(folder / CERTIFICATE_FILE)
     side_path = folder / RESULTS_FILE
@@ -447,8 +444,6 @@ def load_audit(folder: Path, root: Path) -> Audit:
 # ---------------------------------------------------------------- charts and tables
 
 def _interval(est: dict | None):
-    from mansu_audit.plots import Interval
-
     if est is None:
         return Interval(None)
     return Interval(est.get("point"), est.get("low"), est.get("high"))
@@ -489,7 +484,6 @@ def _short_layer(name: str) -> str:
 def slope_charts(body: dict) -> list:
     """Forget and retain accuracy from the unquantized model to each quantizer, base and candidate, with the
     thresholds they imply (F: θ0 − min_forget_drop, Q: θu + max_ptq_gap, R: θ0 − max_retain_drop)."""
-    from mansu_audit.plots import RefLine, slope_chart
 
     variants, stats, pv = _variants(body), body["statistics"], body["policy"]["values"]
     un = variants[0]
@@ -514,8 +508,6 @@ def slope_charts(body: dict) -> list:
 
 
 def ptq_chart(body: dict):
-    from mansu_audit.plots import COLOURS, RefLine, interval_chart
-
     qs = _quantizers(body)
     f = body["statistics"]["forget_eval"]
     series = {"G_Q candidate": [_interval(f.get(f"G_Q[{q}]")) for q in qs],
@@ -558,8 +550,6 @@ def desiderata_rows(body: dict) -> list[dict]:
 
 
 def diagnostics_view(details: dict | None) -> dict | None:
-    from mansu_audit.plots import bar_chart
-
     diag = (details or {}).get("diagnosis")
     if not diag or not diag.get("quantizers"):
         return None
@@ -589,8 +579,6 @@ def _edge(e) -> str:
 
 
 def circuit_view(body: dict, sidecar: dict | None, details: dict | None) -> dict | None:
-    from mansu_audit.plots import COLOURS, bar_chart
-
     cad = (sidecar or {}).get("cad")
     layers = (details or {}).get("circuit_layers")
     if cad is None and layers is None:
@@ -661,8 +649,6 @@ def accuracy_rows(body: dict) -> list[dict]:
 
 
 def audit_context(audit: Audit, index: int, include_forget_text: bool) -> dict:
-    from mansu_audit.plots import series_colours
-
     body = audit.certificate.body
     return {"id": f"a{index}", "label": audit.label, "folder": str(audit.folder), "verdict": body["verdict"],
             "identity": identity(audit), "reasons": reason_lines(body), "overall_line": overall_line(body),
@@ -681,7 +667,6 @@ def overview(audits: Sequence[Audit]) -> dict | None:
     """Cross-candidate comparison (only when the folder holds more than one certificate)."""
     if len(audits) < 2:
         return None
-    from mansu_audit.plots import COLOURS, RefLine, slope_chart
 
     first = audits[0].certificate.body
     variants = _variants(first)
@@ -725,7 +710,6 @@ def matrix_html(out: Path, results: dict, *, regressions: Sequence[str] | None =
     """The matrix comparison page (`matrix.write_matrix_html` writes it): identity of the run (from its first
     cell's certificate when readable), verdicts and gated statistics per cell and pooled, and one chart per
     statistic with the policy threshold drawn."""
-    from mansu_audit.plots import RefLine, interval_chart
 
     cells, pooled = results["cells"], results.get("pooled") or {}
     ident = None

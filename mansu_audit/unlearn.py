@@ -21,10 +21,13 @@ from typing import Any
 
 import torch
 
+from mansu_audit._version import __version__
+from mansu_audit.api import as_bundle
 from mansu_audit.data import Bundle
 from mansu_audit.errors import InputError
 from mansu_audit.io import ordinary_permissions
 from mansu_audit.loading import LoadedModel, load_model, plan_device
+from mansu_audit.registry import get_method
 
 RECORD_NAME = "unlearn.json"
 RECORD_VERSION = 1
@@ -32,7 +35,6 @@ RECORD_VERSION = 1
 
 def resolve_method(method: str | type | Any):
     """A method instance from a registry name, `file.py:Class`, a class or an instance."""
-    from mansu_audit.registry import get_method
 
     if isinstance(method, str):
         return get_method(method)()
@@ -50,8 +52,6 @@ def _check_out(out: Path) -> None:
 
 def _record(result, method, loaded: LoadedModel, bundle: Bundle, device: torch.device) -> dict:
     import transformers
-
-    from mansu_audit import __version__
 
     return {
         "record_version": RECORD_VERSION,
@@ -97,7 +97,6 @@ def unlearn(method: str | type | Any, model: str | Path | LoadedModel, benchmark
     `overrides` are `key=value` strings or a dict, type-checked against the method's
     `Settings`. Returns the method's `UnlearnResult` (its `.model` is θu).
     """
-    from mansu_audit.api import as_bundle
     from mansu_audit.methods.base import UnlearnContext, parse_overrides
 
     instance = resolve_method(method)

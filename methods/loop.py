@@ -38,6 +38,8 @@ import torch
 
 from mansu_audit.architecture import decoder_layers as architecture_decoder_layers
 from mansu_audit.data import Bundle, MCQItem
+from mansu_audit.errors import InputError
+from mansu_audit.methods.base import UnlearnResult
 from mansu_audit.prompts import LETTERS, item_prompt
 from mansu_audit.prompts import pad_token_id as pad_id_of
 
@@ -236,7 +238,6 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def check_layers(model: torch.nn.Module, *layers: int) -> None:
     """InputError unless every index names a decoder block of `model` (and ranges are ordered)."""
-    from mansu_audit.errors import InputError
 
     n = len(decoder_layers(model))
     for layer in layers:
@@ -423,8 +424,6 @@ def result_from_report(method, model: torch.nn.Module, report: LoopReport, setti
                        diagnostics: dict | None = None):
     """An `UnlearnResult` carrying the loop summary (first/last loss terms) plus method diagnostics."""
     import dataclasses
-
-    from mansu_audit.methods.base import UnlearnResult
 
     diag = {"loop": report.summary()}
     diag.update(diagnostics or {})

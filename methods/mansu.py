@@ -52,10 +52,13 @@ from dataclasses import dataclass
 
 import torch
 
+from mansu_audit.circuits import adapter_for, attribute, random_circuit, select_circuit
+from mansu_audit.errors import InputError
 from mansu_audit.methods import register_method
 from mansu_audit.methods.base import FORGET_SOURCES, Method, MethodSettings, UnlearnContext, UnlearnResult, choice, settings_dict
 from mansu_audit.methods.loop import (LoopConfig, UnlearnData, collate, kl_to_reference, sequence_nll, train_loop)
 from mansu_audit.methods import mansu_geometry as geo
+from mansu_audit.quantizers import quantize_model
 
 CIRCUITS = ("eap-ig", "random")
 PROJECTIONS = ("circuit", "global", "none")
@@ -103,9 +106,6 @@ def _evenly_spaced(n: int, k: int) -> list[int]:
 
 
 def _gated_layers(model: torch.nn.Module):
-    from mansu_audit.circuits import adapter_for
-    from mansu_audit.errors import InputError
-
     adapter = adapter_for(model)
     if any(l.gate_proj is None or not isinstance(l.down_proj, torch.nn.Linear) for l in adapter.layers):
         raise InputError(f"MANSU needs a gated MLP with nn.Linear projections (Llama-style); "
@@ -115,7 +115,6 @@ def _gated_layers(model: torch.nn.Module):
 
 def find_circuit(context: UnlearnContext, settings: MansuSettings):
     """EAP-IG circuit on forget_attr (θ0), or a same-size random circuit (ablation)."""
-    from mansu_audit.circuits import attribute, random_circuit, select_circuit
 
     attribution = attribute(context.model, context.tokenizer, context.bundle.split("forget_attr"),
                             steps=settings.attribution_steps, method="eap-ig")
@@ -182,7 +181,6 @@ def plan_geometry(model: torch.nn.Module, adapter, neurons: dict[int, torch.Tens
 def _gptq_changes(context: UnlearnContext, model: torch.nn.Module, plans: list[_SlicePlan],
                   updated: list[torch.Tensor]) -> geo.GridReport:
     """Fraction of updated coordinates whose GPTQ-dequantized value differs between θ0 and θu."""
-    from mansu_audit.quantizers import quantize_model
 
     q0 = quantize_model(context.model, "gptq", tokenizer=context.tokenizer, calibration=context.bundle).model
     q1 = quantize_model(model, "gptq", tokenizer=context.tokenizer, calibration=context.bundle).model

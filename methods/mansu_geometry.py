@@ -33,6 +33,10 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from mansu_audit.quantizers import weight_quantizer
+
+from mansu_audit.quantizers.nf4 import DEFAULT_BLOCKSIZE, nf4_bin_geometry, quantize_weight_4bit
+
 KINDS = ("gate", "up", "down")
 
 
@@ -333,8 +337,6 @@ class FloorResult:
 
 
 def nf4_geometry(weight: torch.Tensor, blocksize: int = 64):
-    from mansu_audit.quantizers.nf4 import nf4_bin_geometry
-
     return nf4_bin_geometry(weight, blocksize=blocksize)
 
 
@@ -411,8 +413,6 @@ def grid_codes(grid: str, weight: torch.Tensor, blocksize: int = 64) -> tuple[to
     float16 first, as bitsandbytes' Int8Params does). `blocksize` other than 64 (MANSU's
     `blocksize` setting) runs the same nf4 function at that block size.
     """
-    from mansu_audit.quantizers import weight_quantizer
-    from mansu_audit.quantizers.nf4 import DEFAULT_BLOCKSIZE, quantize_weight_4bit
 
     if grid == "nf4" and blocksize != DEFAULT_BLOCKSIZE:
         _, record = quantize_weight_4bit(grid, weight, "nf4", double_quant=False, blocksize=blocksize)

@@ -17,7 +17,7 @@ network requests are collected.
 `--gallery DIR` writes the screenshots the README and CI keep (each at 1400 and
 800 px wide): the demo report (`demo-<w>.png`), its `matrix.html` (`matrix-<w>.png`)
 and one method's certificate rendered alone (`certificate-<w>.png`, the GA cell).
-The demo folder is `--demo-dir` when given, else `mansu-audit demo` is run into a
+The demo folder is `--demo-dir` when given, else a reduced `mansu-audit demo` (ga,npo; nf4,int8) is run into a
 temporary folder (cached evaluations make a rerun fast).
 Debian: `apt-get update && apt-get install -y chromium`.
 Exit codes: 0 clean, 1 console messages, requests or no screenshot, 2 chromium or the file missing.
@@ -195,7 +195,9 @@ def gallery(out_dir: Path, demo_dir: Path | None, widths=WIDTHS) -> int:
     if demo_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="mansu-demo-")
         demo_dir = Path(tmp.name) / "demo"
-        subprocess.run([sys.executable, "-m", "mansu_audit", "demo", "--out", str(demo_dir), "--quiet"], check=True)
+        # A reduced demo (two methods, two quantizers) keeps CI's screenshot step to a few minutes.
+        subprocess.run([sys.executable, "-m", "mansu_audit", "demo", "--out", str(demo_dir), "--quiet",
+                        "--methods", "ga,npo", "--quantizers", "nf4,int8"], check=True)
     try:
         cell = next((demo_dir / c for c in ("ga", "runs/ga/seed-0") if (demo_dir / c / "certificate.json").is_file()),
                     None)

@@ -126,7 +126,7 @@ def build_collapsed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, lr
     return LoadedModel(model, reference.tokenizer, "collapsed", None)
 
 
-GA_NF4GRID = {"lr": 1.5e-4, "steps": 60}  # calibrated: fp32 forget ~0.65, NF4 ~0.98 (README)
+GA_NF4GRID = {"lr": 1.5e-4, "steps": 60}  # measured: forget fp32 0.733, NF4 0.983 (retain 0.830, 0.985)
 
 
 def build_ga_nf4grid(bundle: Bundle, *, seed: int = 0, settings: dict | None = None) -> LoadedModel:
@@ -146,8 +146,11 @@ def summarize(cert) -> dict:
     f = st["forget_eval"]
     r = st["retain_eval"]
 
+    def num(x):
+        return "nan" if x is None else f"{x:+.3f}"
+
     def ci(e):
-        return None if e is None else f"{e['point']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+        return None if e is None else f"{num(e['point'])} [{num(e['low'])}, {num(e['high'])}]"
 
     gaps = {k: v for k, v in f.items() if k.startswith("G_Q[")}
     worst = max(gaps.items(), key=lambda kv: kv[1]["high"]) if gaps else None
@@ -159,20 +162,18 @@ def summarize(cert) -> dict:
             "K": ci(k.get("recovered_fraction")), "K_after": ci(k.get("acc_after")),
             "probe_max": rec.get("probe", {}).get("max"),
             "consistency": _consistency_flags(cons),
-            "verdicts": {name: d["verdict"] for name, d in des.items()}, "overall": body["overall"]
-            if isinstance(body.get("overall"), str) else body.get("overall", {}).get("verdict")}
+            "verdicts": {name: d["verdict"] for name, d in des.items()}, "overall": body["verdict"]}
 
 
 def _consistency_flags(cons: dict) -> str:
+    """Per role, the splits flagged order-dependent ("base: forget_eval, retain_eval"), or "-" if not run."""
+    if not cons:
+        return "-"
     out = []
-    for role in ("base", "candidate"):
-        m = (cons.get("models") or cons).get(role) if isinstance(cons, dict) else None
-        if isinstance(m, dict):
-            flag = m.get("order_dependent")
-            if flag is None and "flags" in m:
-                flag = bool(m["flags"])
-            out.append(f"{role[0]}:{'dep' if flag else 'ok'}")
-    return " ".join(out) or "-"
+    for role, splits in cons.get("models", {}).items():
+        flagged = [s for s, r in splits.items() if r.get("order_dependent")]
+        out.append(f"{role}: {', '.join(flagged) or 'none'}")
+    return "; ".join(out)
 
 
 def main(argv=None) -> int:

@@ -17,14 +17,14 @@ REFERENCE_DIR = BUNDLED_DATA / "reference-model"
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
-               kv_heads: int = 2, intermediate: int = 128, tie: bool = False):
+               kv_heads: int = 2, intermediate: int = 128, tie: bool = False, positions: int = 128):
     """A small random LlamaForCausalLM (GQA) for fast tests."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                      max_position_embeddings=128, tie_word_embeddings=tie, bos_token_id=0, eos_token_id=1,
+                      max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=0, eos_token_id=1,
                       pad_token_id=2)
     return LlamaForCausalLM(cfg).eval()
 

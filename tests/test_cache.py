@@ -95,7 +95,8 @@ def test_default_location_from_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "env-cache"
     assert ResultCache().root == tmp_path / "env-cache"
     monkeypatch.delenv(CACHE_ENV)
-    assert default_cache_dir().name == ".mansu_cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "mansu-audit"
 
 
 @pytest.fixture()
@@ -184,19 +185,18 @@ def test_atomic_write_is_all_or_nothing_with_ordinary_permissions(tmp_path):
 
 def test_cad_is_keyed_by_the_corrupt_prompts(pair, tmp_path, monkeypatch):
     """Refitting forget_attr's corrupt prompts (same questions) must recompute CAD, never reuse the old one."""
-    import mansu_audit.circuits as circuits
     from mansu_audit.data import MCQItem
 
     base, cand = pair
     bundle = small_bundle(tmp_path / "bundle", n=8)
     cache = ResultCache(tmp_path / "cache")
-    calls, real_compute_cad = [], circuits.compute_cad
+    calls, real_compute_cad = [], certify_module.compute_cad
 
     def counting_compute_cad(*args, **kwargs):
         calls.append(1)
         return real_compute_cad(*args, **kwargs)
 
-    monkeypatch.setattr(circuits, "compute_cad", counting_compute_cad)
+    monkeypatch.setattr(certify_module, "compute_cad", counting_compute_cad)
     certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=cache)
     certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=cache)
     assert len(calls) == 1

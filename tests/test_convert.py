@@ -207,7 +207,8 @@ def test_wmdp_bundle_evaluates_with_lm_eval_subject_line(ref_tokenizer, tmp_path
 
     bundle = load_bundle(convert_wmdp(WMDP_DIR, "wmdp-bio", tmp_path / "w", _opts(attr_fraction=0.5)))
     assert bundle.subject_line and bundle.manifest["prompt"] == {"subject_line": True}
-    model = model_from_objects(tiny_llama(len(ref_tokenizer), seed=3, hidden=32, intermediate=64), ref_tokenizer, "t")
+    model = model_from_objects(tiny_llama(len(ref_tokenizer), seed=3, hidden=32, intermediate=64, positions=256),
+                               ref_tokenizer, "t")  # WMDP prompts with the subject line exceed 128 tokens
     got = evaluate(model, bundle, splits=("forget_eval",), B=100).scores["fp32"]["forget_eval"].result
     items = bundle.split("forget_eval")
     with_subject = evaluate_mcq(model.model, ref_tokenizer, items, subject_line=True)

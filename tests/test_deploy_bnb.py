@@ -56,7 +56,13 @@ def test_nf4_deploy_weights_and_logits_are_identical(saved_tiny, tiny_model):
                            fake_quant_4bit(module.weight.data, "nf4")[0])
     ids = torch.randint(3, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(deployed(ids).logits, fake(ids).logits)
+        got, want = deployed(ids).logits, fake(ids).logits
+    if F.has_avx512bf16():
+        # On AVX-512-BF16 CPUs bitsandbytes' native fused 4-bit matmul computes in bf16: the
+        # weights are the same (asserted above), the logits agree to bf16 precision only.
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-2)
+    else:
+        assert torch.equal(got, want)
 
 
 def test_int8_deploy_codes_are_ours(saved_tiny, tiny_model):

@@ -140,9 +140,8 @@ def test_grid_runs_caches_resumes_and_gates_on_baseline(tiny_base_dir, tmp_path,
     import importlib
 
     certify_module = importlib.import_module("mansu_audit.certify")
-    unlearn_module = importlib.import_module("mansu_audit.unlearn")
 
-    monkeypatch.setattr(unlearn_module, "unlearn", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(matrix, "unlearn", lambda *a, **k: pytest.fail("retrained despite the cache"))
     monkeypatch.setattr(certify_module, "evaluate_mcq", lambda *a, **k: pytest.fail("re-evaluated despite the cache"))
     capsys.readouterr()
     assert main(argv + ["--baseline", str(tmp_path / "baseline.json")]) == 0

@@ -289,7 +289,7 @@ def test_certify_with_quantized_artifact(reference, tmp_path):
            "--quantizers", "gguf-q4_0", "--quantized-artifact", f"q4_0_file={path}", "--out", str(out),
            "--cad", "skip", "--relearn", "skip", "--consistency", "skip", "--no-cache", "--quiet",
            "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2400)
     assert proc.returncode in (0, 1, 3), proc.stderr[-2000:]
     body = json.loads((out / "certificate.json").read_text())["body"]
     settings = body["quantizers"]["q4_0_file"]["settings"]

@@ -5,9 +5,9 @@ a live one is waited for), the missing-Ray error, and the in-process executor's
 error contract. Slow (need `ray`, installed by scripts/ci_slow_setup.sh; skipped
 without it): a local Ray cluster (2 CPUs) runs a 2-method x 2-seed matrix on the
 reference model (synthhazard cut to 12 items per split, int8, 2 unlearning steps) with results byte-identical to the
-in-process executor. On a tiny random base model (these test the failure paths,
-not the numbers): a worker killed mid-cell is retried and the result is unchanged;
-a bad input fails with the in-process error line; two drivers sharing one cache
+in-process executor; a worker killed mid-cell (one cell of that matrix) is retried
+and the cell's result is unchanged. On a tiny random base model (failure paths,
+not numbers): a bad input fails with the in-process error line; two drivers sharing one cache
 folder compute each entry once.
 """
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _worker_running(label: str):
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_cell_is_retried(ray_cluster, inprocess_tiny, small, tiny_base, tmp_path):
+def test_a_worker_killed_mid_cell_is_retried(ray_cluster, inprocess, small, tmp_path):
     from mansu_audit.executors import RayExecutor
 
     outcome = {}
@@ -219,7 +219,7 @@ def test_a_worker_killed_mid_cell_is_retried(ray_cluster, inprocess_tiny, small,
     def driver():
         try:
             outcome["run"] = _run(tmp_path, RayExecutor(cpus_per_cell=1, max_retries=2), small, methods=("ga",),
-                                  seeds=(0,), base=tiny_base)
+                                  seeds=(0,))
         except BaseException as exc:  # reported below
             outcome["error"] = exc
 
@@ -228,9 +228,8 @@ def test_a_worker_killed_mid_cell_is_retried(ray_cluster, inprocess_tiny, small,
     victim, deadline = None, time.monotonic() + 600
     while victim is None and thread.is_alive() and time.monotonic() < deadline:
         victim = _worker_running("mansu ga seed 0")
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert victim is not None, "the cell's worker process was never seen"
-    time.sleep(1)  # inside the cell (loading, unlearning, certifying take longer)
     assert "mansu ga seed 0" in " ".join(victim.cmdline())  # still inside the cell
     victim.kill()
     victim.wait(timeout=30)
@@ -239,8 +238,7 @@ def test_a_worker_killed_mid_cell_is_retried(ray_cluster, inprocess_tiny, small,
     run = outcome["run"]
     cell = run.results["cells"][0]
     assert (cell["method"], cell["seed"]) == ("ga", 0)
-    assert _cell_files(run, cell) == _cell_files(inprocess_tiny, inprocess_tiny.results["cells"][0])
-    assert (run.out / "matrix.json").read_bytes() == (inprocess_tiny.out / "matrix.json").read_bytes()
+    assert _cell_files(run, cell) == _cell_files(inprocess, inprocess.results["cells"][0])
 
 
 @pytest.mark.slow

@@ -38,8 +38,7 @@ def _verdicts(cert) -> dict[str, str]:
 
 
 def _overall(cert) -> str:
-    o = cert.body["overall"]
-    return o if isinstance(o, str) else o["verdict"]
+    return cert.body["verdict"]
 
 
 @pytest.fixture(scope="module")

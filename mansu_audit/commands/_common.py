@@ -27,6 +27,17 @@ def parse_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def add_cache_args(p: argparse.ArgumentParser, *, forget_text: bool = False) -> None:
+    """`--cache-dir`, `--no-cache`, `--quiet` (and `--include-forget-text` for commands writing the HTML report)."""
+    p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or ~/.cache/mansu-audit)")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    if forget_text:
+        p.add_argument("--include-forget-text", action="store_true",
+                       help="write forget-set item text (hazardous) into the HTML report, behind a redaction switch "
+                            "(default: left out of the file)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle (.bin) weights; unpickling untrusted files can run code")

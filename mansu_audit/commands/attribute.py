@@ -6,7 +6,13 @@ import json
 import time
 from pathlib import Path
 
+from mansu_audit.api import as_bundle
+from mansu_audit.circuits import attribute, faithfulness_details, random_circuit, select_circuit
+from mansu_audit.circuits.circuit import Circuit
 from mansu_audit.commands._common import add_model_args
+from mansu_audit.errors import InputError
+from mansu_audit.io import atomic_write_bytes
+from mansu_audit.loading import load_model
 
 NAME = "attribute"
 HELP = ("run EAP / EAP-IG circuit attribution on a benchmark's forget_attr split and write node scores, "
@@ -31,8 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from mansu_audit.errors import InputError
-
     if not 0 < args.circuit_frac <= 1:
         raise InputError(f"--circuit-frac must be in (0, 1], got {args.circuit_frac}")
     if not 0 <= args.head_frac <= 1:
@@ -49,9 +53,6 @@ def _check(args: argparse.Namespace) -> None:
 def attribution_report(loaded, bundle, split: str, *, circuit_frac: float, head_frac: float, steps: int,
                        method: str, batch_size: int, seed: int, progress: bool) -> dict:
     """Everything `attribute` writes, as a JSON-able dict."""
-    from mansu_audit.circuits import (attribute, faithfulness_details, random_circuit, select_circuit)
-    from mansu_audit.circuits.circuit import Circuit
-    from mansu_audit.errors import InputError
 
     items = bundle.split(split)
     if not any(it.corrupt for it in items):
@@ -93,10 +94,6 @@ def attribution_report(loaded, bundle, split: str, *, circuit_frac: float, head_
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.api import as_bundle
-    from mansu_audit.loading import load_model
-    from mansu_audit.io import atomic_write_bytes
-
     _check(args)
     bundle = as_bundle(args.benchmark)
     loaded = load_model(args.model, allow_pickle=args.allow_pickle)

@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from mansu_audit.api import as_bundle
+from mansu_audit.circuits import attribute, compute_cad, select_circuit
 from mansu_audit.commands._common import add_model_args, non_negative_int, parse_list, positive_int
+from mansu_audit.compat import check_compatible
+from mansu_audit.errors import InputError
+from mansu_audit.loading import load_model
+from mansu_audit.quantizers import available_quantizers, quantize_model
 from mansu_audit.stats import DEFAULT_B
 
 NAME = "cad"
@@ -35,20 +41,12 @@ def _line(name: str, r) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.api import as_bundle
-    from mansu_audit.loading import load_model
-    from mansu_audit.circuits import attribute, compute_cad, select_circuit
-    from mansu_audit.compat import check_compatible
-    from mansu_audit.errors import InputError
-
     if not 0 < args.circuit_frac <= 1:
         raise InputError(f"--circuit-frac must be in (0, 1], got {args.circuit_frac}")
     if args.steps < 1 or args.bootstrap < 1 or args.batch_size < 1:
         raise InputError("--steps, --bootstrap and --batch-size must be >= 1")
     quantizers = parse_list(args.quantizers)
     if quantizers:
-        from mansu_audit.quantizers import available_quantizers
-
         unknown = [q for q in quantizers if q not in available_quantizers()]
         if unknown:
             raise InputError(f"unknown quantizer '{unknown[0]}' (available: {', '.join(available_quantizers())})")
@@ -68,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
                   B=args.bootstrap, seed=args.seed, batch_size=args.batch_size, progress=progress)
     results = {"fp32": compute_cad(base.model, candidate.model, base.tokenizer, items, **common)}
     for q in quantizers:
-        from mansu_audit.quantizers import quantize_model
-
         quantized = quantize_model(candidate.model, q, tokenizer=candidate.tokenizer, calibration=bundle).model
         results[q] = compute_cad(base.model, quantized, base.tokenizer, items, **common)
         del quantized

@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mansu_audit.commands._common import add_loading_args, add_model_args, parse_list
+from mansu_audit.attest import load_private_key
+from mansu_audit.cache import NoCache, ResultCache
+from mansu_audit.certificate import format_verdict_table, guard_messages
+from mansu_audit.certify import certify
+from mansu_audit.commands._common import add_cache_args, add_loading_args, add_model_args, parse_list
+from mansu_audit.errors import InputError
+from mansu_audit.outdir import check_cache_dir, check_output_dir
 
 NAME = "certify"
 HELP = ("certify that a candidate's unlearning is meaningful, keeps retain accuracy and survives quantization; "
@@ -34,9 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "recorded); repeatable")
     p.add_argument("--cad", choices=("auto", "skip"), default="auto",
                    help="S: run EAP-IG + CAD on forget_attr (auto) or leave it not computed (skip)")
-    p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_cache_args(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier certify output in --out (refused otherwise when --out is not empty)")
     p.add_argument("--sign-key", default=None, metavar="KEY",
@@ -47,17 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.cache import NoCache, ResultCache
-    from mansu_audit.certificate import format_verdict_table
-    from mansu_audit.certify import certify
-    from mansu_audit.errors import InputError
-
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    from mansu_audit.attest import load_private_key
-    from mansu_audit.outdir import check_cache_dir, check_output_dir
 
     out = check_output_dir(args.out, args.overwrite)  # before any model loads
     if not args.no_cache:
@@ -75,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite,
                    sign_key=sign_key, command=reproducible_command(getattr(args, "_argv", None)),
                    relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts)
-    from mansu_audit.certificate import guard_messages
 
     body = cert.body
     print(f"base {args.base}  candidate {args.candidate}  benchmark {body['benchmark']['name']}  "
@@ -93,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_artifacts(values: list[str]) -> dict[str, str]:
     """`["q4_k_m=model.Q4_K_M.gguf", ...]` -> {name: path}; InputError on a malformed or repeated name."""
-    from mansu_audit.errors import InputError
 
     out: dict[str, str] = {}
     for value in values:

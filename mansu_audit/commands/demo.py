@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from mansu_audit.commands._common import parse_list
-from mansu_audit.demo import DEMO_METHODS, DEMO_OUT, DEMO_QUANTIZERS
+from mansu_audit.cache import NoCache, ResultCache
+from mansu_audit.commands._common import add_cache_args, parse_list
+from mansu_audit.demo import DEMO_METHODS, DEMO_OUT, DEMO_QUANTIZERS, run_demo
+from mansu_audit.matrix import format_matrix_table
 
 NAME = "demo"
 HELP = ("end-to-end demo: unlearn the reference model with MANSU, GA, NPO and RMU, certify each through "
@@ -16,19 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma list (default %(default)s)")
     p.add_argument("--quantizers", default=",".join(DEMO_QUANTIZERS), help="comma list (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
-    p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--include-forget-text", action="store_true",
-                   help="write forget-set item text (hazardous) into the HTML report, behind a redaction switch "
-                        "(default: left out of the file)")
+    add_cache_args(p, forget_text=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.cache import NoCache, ResultCache
-    from mansu_audit.demo import run_demo
-    from mansu_audit.matrix import format_matrix_table
-
     if args.quiet:
         from transformers.utils import logging as hf_logging
 

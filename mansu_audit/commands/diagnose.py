@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from mansu_audit.api import as_bundle
 from mansu_audit.commands._common import add_model_args, parse_list
+from mansu_audit.diagnostics import diagnose, diagnosed_names
+from mansu_audit.loading import load_model
 
 NAME = "diagnose"
 HELP = "per-quantizer weight diagnostics of candidate vs base: RMS(delta)/bin width, code changes"
@@ -36,10 +39,6 @@ def format_table(diagnosis, per_layer: bool = False) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.api import as_bundle
-    from mansu_audit.loading import load_model
-    from mansu_audit.diagnostics import diagnose, diagnosed_names
-
     names = parse_list(args.quantizers)
     diagnosed_names(names, calibrated=args.calibration is not None)  # unknown names fail before any model loads
     base = load_model(args.base, allow_pickle=args.allow_pickle)

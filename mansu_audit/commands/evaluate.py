@@ -7,6 +7,8 @@ import json
 from mansu_audit.api import evaluate
 from mansu_audit.commands._common import (add_loading_args, add_model_args, non_negative_int, parse_list,
                                          positive_int)
+from mansu_audit.data import load_bundle
+from mansu_audit.loading import load_model
 from mansu_audit.stats import DEFAULT_B
 
 NAME = "evaluate"
@@ -35,9 +37,6 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.loading import load_model
-    from mansu_audit.data import load_bundle
-
     bundle = load_bundle(args.benchmark)  # cheap checks first: a bad file fails before the model loads
     model = load_model(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from mansu_audit.attest import generate_keypair, keyid, load_public_key
+
 NAME = "keygen"
 HELP = ("write a new Ed25519 signing key pair into OUT (private key mode 0600; never overwrites): "
         "sign with `certify --sign-key`, check with `verify --trusted-key`")
@@ -13,8 +15,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.attest import generate_keypair, keyid, load_public_key
-
     private, public = generate_keypair(args.out)
     print(f"private key: {private} (mode 0600; keep it secret)")
     print(f"public key:  {public} (keyid {keyid(load_public_key(public))[:16]}…)")

@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mansu_audit.commands._common import parse_list
+from mansu_audit.cache import NoCache, ResultCache
+from mansu_audit.commands._common import add_cache_args, parse_list
+from mansu_audit.errors import InputError
+from mansu_audit.executors import make_executor
+from mansu_audit.matrix import (compare_to_baseline, format_matrix_table, parse_tolerance, read_results, run_matrix,
+                                write_matrix_html, write_results)
 
 NAME = "matrix"
 HELP = ("run methods x quantizers x seeds (cached, resumable); write OUT/matrix.json, matrix.html and index.html; "
@@ -26,12 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allowed change of a statistic's point estimate: 0.02 (default) or e.g. 0.02,CAD=0.1,G_Q=0.01")
     p.add_argument("--save-baseline", default=None, metavar="FILE", help="write this run's results as a baseline")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
-    p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or .mansu_cache)")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--include-forget-text", action="store_true",
-                   help="write forget-set item text (hazardous) into the HTML report, behind a redaction switch "
-                        "(default: left out of the file)")
+    add_cache_args(p, forget_text=True)
     g = p.add_argument_group("executor (where the cells run)")
     g.add_argument("--executor", choices=("inprocess", "ray"), default="inprocess",
                    help="inprocess (default: one cell after another here) or ray (each cell a Ray task; "
@@ -49,8 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_method_overrides(values: list[str]) -> dict[str, list[str]]:
-    from mansu_audit.errors import InputError
-
     out: dict[str, list[str]] = {}
     for v in values:
         method, sep, setting = v.partition(":")
@@ -61,8 +59,6 @@ def parse_method_overrides(values: list[str]) -> dict[str, list[str]]:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    from mansu_audit.errors import InputError
-
     try:
         return tuple(int(s) for s in parse_list(text))
     except ValueError:
@@ -70,11 +66,6 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.cache import NoCache, ResultCache
-    from mansu_audit.errors import InputError
-    from mansu_audit.matrix import (compare_to_baseline, format_matrix_table, parse_tolerance, read_results,
-                                    run_matrix, write_matrix_html, write_results)
-
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
@@ -87,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     tolerances = parse_tolerance(args.tolerance)
     baseline = read_results(args.baseline) if args.baseline else None  # fail before the long run
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
-    from mansu_audit.executors import make_executor
 
     executor = make_executor(getattr(args, "executor", "inprocess"), address=getattr(args, "ray_address", None),
                              cpus_per_cell=getattr(args, "cpus_per_cell", None),

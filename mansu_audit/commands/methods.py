@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mansu_audit.registry import METHODS
+
 NAME = "methods"
 HELP = "list unlearning methods (bundled and registered) with their default settings"
 
@@ -14,7 +16,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mansu_audit.methods.base import setting_fields
-    from mansu_audit.registry import METHODS
 
     aliases: dict[str, list[str]] = {}
     for alias, name in METHODS.aliases().items():

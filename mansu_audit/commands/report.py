@@ -4,6 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mansu_audit.errors import InputError
+
+from mansu_audit.matrix import MATRIX_FILE, read_results, write_matrix_html
+
+from mansu_audit.report import render_report
+
 NAME = "report"
 HELP = ("re-render DIR/index.html from the certificate(s) in DIR (and DIR/matrix.html if DIR holds a matrix "
         "run); reads only stored results")
@@ -20,10 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.errors import InputError
-    from mansu_audit.matrix import MATRIX_FILE, read_results, write_matrix_html
-    from mansu_audit.report import render_report
-
     if args.include_forget_text and args.omit_forget_text:
         raise InputError("--include-forget-text and --omit-forget-text contradict each other")
     folder = Path(args.dir)

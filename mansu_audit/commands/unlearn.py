@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from mansu_audit.unlearn import unlearn
+
 NAME = "unlearn"
 HELP = "run an unlearning method on a model and write the checkpoint (safetensors + tokenizer + unlearn.json)"
 
@@ -21,8 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mansu_audit.unlearn import unlearn
-
     result = unlearn(args.method, args.model, args.benchmark, seed=args.seed, overrides=args.overrides,
                      out=args.out, device=args.device, progress=not args.quiet)
     last = result.diagnostics.get("loop", {}).get("last", {})

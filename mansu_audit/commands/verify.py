@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from mansu_audit.attest import check_attestation, load_public_key
+
+from mansu_audit.certificate import read_document, verify_certificate
+
 NAME = "verify"
 HELP = ("check a certificate against the models, tokenizer, data and policy it names and re-derive every "
         "statistic, CI and verdict from its per-item vectors; exit 0 if all match, 1 naming each change or "
@@ -23,9 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from mansu_audit.attest import check_attestation, load_public_key
-    from mansu_audit.certificate import read_document, verify_certificate
 
     trusted = None if args.trusted_key is None else load_public_key(args.trusted_key)  # bad key: exit 2 at once
     signature, problems = check_attestation(Path(args.certificate).parent, read_document(args.certificate)["body"],

@@ -14,6 +14,7 @@ from mansu_audit.convert.bundle import DEFAULT_ATTR_FRACTION, DEFAULT_SEED, asse
 from mansu_audit.convert.readers import FieldMap, Table, read_corpus, read_mmlu
 from mansu_audit.data import MCQItem
 from mansu_audit.errors import InputError
+from mansu_audit.loading import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ def build(out: str | Path, name: str, forget: Sequence[MCQItem], forget_table: T
             provenance[split] = table.provenance()
     tokenizer = None
     if options.tokenizer is not None:
-        from mansu_audit.loading import load_tokenizer
-
         tokenizer = load_tokenizer(options.tokenizer)
     return assemble(out, options.name or name, forget, retain, attr_fraction=options.attr_fraction,
                     attr_max=options.attr_max, seed=options.seed, tokenizer=tokenizer,

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from mansu_audit.io import sha256_file
 from mansu_audit.errors import InputError, first_line
+from mansu_audit.io import sha256_file
 from mansu_audit.loading.checkpoint import check_tokenizer_fits
 from mansu_audit.loading.device import DevicePlan, model_device, plan_device
 from mansu_audit.loading.gguf import fresh_copy, is_gguf, load_gguf, load_gguf_tokenizer

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from mansu_audit.errors import InputError, first_line
+from mansu_audit.io import read_json
 from mansu_audit.loading.device import DevicePlan
 
 SAFE_WEIGHTS = "model.safetensors"
@@ -69,16 +70,7 @@ class StoredTensor:
 
 def read_config(path: Path) -> dict:
     """config.json as a dict, refusing non-UTF-8, non-object JSON, remote code and pre-quantized weights."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte {exc.start})", path) from None
-    except OSError as exc:
-        raise InputError(f"unreadable: {first_line(exc)}", path) from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"bad JSON: {exc.msg}", path, exc.lineno) from None
+    config = read_json(path)
     if not isinstance(config, dict):
         raise InputError(f"expected a JSON object, got a JSON {type(config).__name__}", path)
     if config.get("auto_map"):

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mansu_audit.errors import InputError, first_line
+from mansu_audit.io import read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -69,12 +70,7 @@ class LoraMerge:
 
 def read_adapter_config(folder: Path) -> dict:
     cfg_path = folder / ADAPTER_CONFIG
-    try:
-        cfg = json.loads(cfg_path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte {exc.start})", cfg_path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"bad JSON: {exc.msg}", cfg_path, exc.lineno) from None
+    cfg = read_json(cfg_path)
     if not isinstance(cfg, dict):
         raise InputError("expected a JSON object", cfg_path)
     peft_type = str(cfg.get("peft_type", "LORA")).upper()

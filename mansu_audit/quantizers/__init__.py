@@ -11,12 +11,14 @@ Built-ins: nf4, nf4-dq, fp4 (bitsandbytes 4-bit, bit exact), int8 (LLM.int8()
 weights), rtn-int4-g128, rtn-int3-g128 (uniform asymmetric RTN) — each a
 `WeightwiseQuantizer` whose per-weight function `quantize_weight(name, w)` is
 public — and gptq, gptq-act-order (in-house GPTQ, needs calibration texts and a
-tokenizer).
+tokenizer), and gguf-q8_0/-q4_0/-q4_1/-q5_0/-q5_1 (llama.cpp's legacy GGUF types
+through gguf-py, bit exact; optional extra `[gguf]`).
 """
 from __future__ import annotations
 
 from functools import partial
 
+from mansu_audit.errors import InputError
 from mansu_audit.quantizers.record import QuantizedModel, QuantRecord
 from mansu_audit.quantizers.apply import (ENTRY_POINT_GROUP, QuantizeInputs, WeightwiseQuantizer, quantize_model,
                                           quantize_weights, register_quantizer)
@@ -42,7 +44,6 @@ for _bits in (4, 3):
 
 def weight_quantizer(name: str):
     """The per-weight function `(name, weight) -> (dequantized, QuantRecord)` of a registered data-free quantizer."""
-    from mansu_audit.errors import InputError
 
     quantizer = get_quantizer(name)
     if not isinstance(quantizer, WeightwiseQuantizer):

@@ -54,6 +54,8 @@ import torch
 from torch import nn
 
 from mansu_audit.errors import InputError, first_line, require_extra
+from mansu_audit.io import sha256_file
+from mansu_audit.loading.gguf import gguf_info
 from mansu_audit.quantizers.apply import WeightwiseQuantizer, quantize_weights, register_quantizer
 from mansu_audit.quantizers.record import QuantRecord
 
@@ -206,8 +208,6 @@ class Artifact:
 
 def artifact_record(path: str | Path) -> dict:
     """What a certificate records about a GGUF artifact: file name, SHA-256, declared type, tensor types."""
-    from mansu_audit.io import sha256_file
-    from mansu_audit.loading.gguf import gguf_info
 
     path = Path(path)
     if not path.is_file():
@@ -230,19 +230,17 @@ def load_artifact(path: str | Path, like: nn.Module) -> Artifact:
     """
     path = Path(path)
     record = artifact_record(path)
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-    from transformers.utils import logging as hf_logging
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
 
     model = copy.deepcopy(like)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    bar = hf_gguf.tqdm  # its per-tensor progress bar ignores transformers' switch: silenced for this call
+    hf_gguf.tqdm = partial(bar, disable=True)
     try:
-        parsed = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
+        parsed = hf_gguf.load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
     except Exception as exc:
         raise InputError(f"cannot read GGUF artifact ({record['architecture']}): {first_line(exc)}", path) from None
     finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+        hf_gguf.tqdm = bar
     state = model.state_dict()
     tensors = parsed.get("tensors", {})
     for key, value in tensors.items():
