@@ -166,27 +166,31 @@ def forget_finetuned(reference, bundle, steps=60, lr=2e-3, seed=0):
 
 
 @pytest.mark.slow
-def test_reference_no_op_fails_f_and_real_forgetting_passes_f(reference, bundle, tmp_path):
-    """Done criterion: certify(reference, reference) gives F FAIL; a candidate without the knowledge gives F PASS."""
+def test_reference_no_op_fails_f_oracle_passes_f_suppression_fails_f(reference, bundle, tmp_path):
+    """certify(reference, reference) gives F FAIL; the oracle (never knew the facts) F PASS; a model trained to
+    answer the forget questions wrongly (accuracy far below chance: it still identifies the right answer) F FAIL."""
     policy = Policy(bootstrap_replicates=2000)
     cache = ResultCache(tmp_path / "cache")
-    noop = certify_module.certify("reference", "reference", bundle, quantizers=("nf4",), policy=policy, cad=None,
-                                  cache=cache)
+    fast = dict(quantizers=("nf4",), policy=policy, cad=None, cache=cache, relearn="skip", consistency="skip")
+    noop = certify_module.certify("reference", "reference", bundle, **fast)
     assert noop.desiderata["F"]["verdict"] == "FAIL"
     assert noop.desiderata["F"]["estimate"]["point"] == 0.0 and noop.verdict == "FAIL"
     assert noop.desiderata["R"]["verdict"] == "PASS"
 
-    model = forget_finetuned(reference, bundle)
-    folder = tmp_path / "forgot"
-    model.save_pretrained(folder, safe_serialization=True)
-    reference.tokenizer.save_pretrained(folder)
-    cert = certify_module.certify("reference", str(folder), bundle, quantizers=("nf4",), policy=policy, cad=None,
-                                  cache=cache, out=tmp_path / "out")
+    cert = certify_module.certify("reference", "reference-oracle", bundle, out=tmp_path / "out", **fast)
     d_f = cert.desiderata["F"]["estimate"]
     assert cert.desiderata["F"]["verdict"] == "PASS", cert.desiderata["F"]
     assert d_f["low"] >= 0.10 and not cert.body["guard"]
     assert cert.verdict != "PASS"  # S not computed
-    assert main(["verify", str(tmp_path / "out" / "certificate.json"), "--candidate", str(folder)]) == 0
+    assert main(["verify", str(tmp_path / "out" / "certificate.json"), "--candidate", "reference-oracle"]) == 0
+
+    model = forget_finetuned(reference, bundle)
+    folder = tmp_path / "suppressed"
+    model.save_pretrained(folder, safe_serialization=True)
+    reference.tokenizer.save_pretrained(folder)
+    suppressed = certify_module.certify("reference", str(folder), bundle, **fast)
+    assert suppressed.desiderata["F"]["verdict"] == "FAIL", suppressed.desiderata["F"]
+    assert suppressed.verdict == "FAIL"
 
 
 CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"

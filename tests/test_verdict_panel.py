@@ -5,6 +5,8 @@ model and a quantization-reversed GA model never PASS overall, `reference` again
 and the bundled oracle (`reference-oracle`, never saw the forget facts) PASSes F, R, Q and K.
 Models are built by scripts/verdict_panel.py (deterministic, CPU). CAD is skipped (S NOT COMPUTED),
 so overall is at best INCONCLUSIVE; S on the oracle is reported in reports/experiments/panel.
+Cost: each certify (relearning attack + probe on base and candidate, nf4) is ~1-2 min on 2 free
+cores; the suppressed model's build (~125 steps on the last block) is the longest part.
 """
 from __future__ import annotations
 
