@@ -77,7 +77,11 @@ def test_int8_deploy_codes_are_ours(saved_tiny, tiny_model):
 
 @pytest.mark.slow
 def test_reference_mcq_accuracy_agrees_with_deploy(reference, bundle):
+    import bitsandbytes.functional as F
+
     from mansu_audit.evaluate import evaluate_mcq
+
+    bf16_matmul = F.has_avx512bf16()
 
     for kind in ("nf4", "int8"):
         deployed = load_deployed(reference.path, kind)
@@ -87,8 +91,10 @@ def test_reference_mcq_accuracy_agrees_with_deploy(reference, bundle):
             a = evaluate_mcq(deployed, reference.tokenizer, items, split=split)
             b = evaluate_mcq(fake, reference.tokenizer, items, split=split)
             agreement = float((a.predictions == b.predictions).mean())
-            if kind == "nf4":
+            if kind == "nf4" and not bf16_matmul:
                 assert agreement == 1.0 and a.accuracy == b.accuracy
+            elif kind == "nf4":  # same weights, bf16 fused matmul (see the logits test): near-identical answers
+                assert agreement >= 0.99 and abs(a.accuracy - b.accuracy) <= 0.01, (split, agreement)
             else:
                 assert abs(a.accuracy - b.accuracy) <= INT8_ACCURACY_TOLERANCE, (split, a.accuracy, b.accuracy)
                 assert agreement >= INT8_MIN_AGREEMENT, (split, agreement)
