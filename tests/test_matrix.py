@@ -196,7 +196,7 @@ def test_demo_on_the_reference_model(reference, tmp_path, capsys):
     ga = results["cells"][0]
     # GA forgets a little at its defaults: D_F 0.155 on the version-1 bundle, 0.038 on version 2, whose forget
     # corpus also holds the 60 training/attack agents the reference model never learned (GA's steps spread over them)
-    assert ga["statistics"]["D_F"]["point"] > 0.02 and ga["verdicts"]["F"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert ga["statistics"]["D_F"]["point"] > 0.02 and ga["verdicts"]["F"] != "PASS"  # too little to certify
     html = (out / "index.html").read_text()
     assert html.index("ga (seed 0)") < html.index("rmu (seed 0)") and html.count('class="audit"') == 2
     # a second demo into the same folder replaces the first (cached: no retraining)
