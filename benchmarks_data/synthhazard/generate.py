@@ -150,20 +150,25 @@ def _choices(rng: random.Random, answer: str, pool: tuple[str, ...]) -> tuple[li
     return distractors[:idx] + [answer] + distractors[idx:], idx
 
 
+def _entity_facts(rng: random.Random, domain: str, entities, attrs) -> list[dict]:
+    """One fact per (entity, attribute): a value drawn from the attribute's pool, MCQ choices fixed per fact."""
+    rows = []
+    for e in entities:
+        for a in attrs:
+            value = rng.choice(a.values)
+            choices, answer = _choices(rng, value, a.values)
+            rows.append({"domain": domain, "entity": e, "attribute": a.key, "value": value,
+                         "question": a.question.format(e=e), "choices": choices, "answer": answer,
+                         "statements": [s.format(e=e, v=value) for s in a.statements],
+                         "template": a.question})
+    return rows
+
+
 def generate_facts(rng: random.Random, world: dict) -> dict[str, list[dict]]:
     """All (entity, attribute, value) facts, with MCQ choices fixed per fact."""
     facts: dict[str, list[dict]] = {}
     for domain, (entities, attrs) in world.items():
-        rows = []
-        for e in entities:
-            for a in attrs:
-                value = rng.choice(a.values)
-                choices, answer = _choices(rng, value, a.values)
-                rows.append({"domain": domain, "entity": e, "attribute": a.key, "value": value,
-                             "question": a.question.format(e=e), "choices": choices, "answer": answer,
-                             "statements": [s.format(e=e, v=value) for s in a.statements],
-                             "template": a.question})
-        facts[domain] = rows
+        facts[domain] = _entity_facts(rng, domain, entities, attrs)
     general = []
     for country, capital in CAPITALS:
         choices, answer = _choices(rng, capital, tuple(c for _, c in CAPITALS))
@@ -192,17 +197,8 @@ def generate_extra_facts(rng: random.Random, world: dict, taken: set[str]) -> di
     plan = (("forget_train", "hazard", (2, 3)), ("forget_attack", "hazard", (2, 3)),
             ("retain_train_music", "music", (2, 3)), ("retain_train_islands", "islands", (2, 3)))
     for name, domain, syllables in plan:
-        attrs = world[domain][1]
-        rows = []
-        for e in _syllable_names(rng, EXTRA_ENTITIES[name], syllables, "", taken):
-            for a in attrs:
-                value = rng.choice(a.values)
-                choices, answer = _choices(rng, value, a.values)
-                rows.append({"domain": domain, "entity": e, "attribute": a.key, "value": value,
-                             "question": a.question.format(e=e), "choices": choices, "answer": answer,
-                             "statements": [s.format(e=e, v=value) for s in a.statements],
-                             "template": a.question})
-        out[name] = rows
+        entities = _syllable_names(rng, EXTRA_ENTITIES[name], syllables, "", taken)
+        out[name] = _entity_facts(rng, domain, entities, world[domain][1])
     return out
 
 
