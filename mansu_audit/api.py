@@ -1,4 +1,9 @@
-"""The Python API behind the CLI: plain functions over plain data."""
+"""The Python API behind the CLI: plain functions over plain data.
+
+`evaluate` names the model as loaded "unquantized" (as `certify` does: `verdicts.UNQUANTIZED`)
+and records its dtype beside it (`Evaluation.dtype`): it is not always fp32 (bf16 on a GPU by
+default). "fp32" is still accepted in a quantizer list as an alias of the unquantized model.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,8 +18,10 @@ from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.prompts import chat_prompt_fn, chat_template_record
 from mansu_audit.quantizers import quantize_model
 from mansu_audit.stats import DEFAULT_B, DEFAULT_SEED, Estimate, accuracy_ci
+from mansu_audit.threads import with_thread_policy
+from mansu_audit.verdicts import UNQUANTIZED
 
-FULL_PRECISION = "fp32"
+UNQUANTIZED_ALIASES = (UNQUANTIZED, "fp32")  # names a quantizer list may use for the model as loaded
 
 
 @dataclass
@@ -30,7 +37,7 @@ class SplitScore:
 
 @dataclass
 class Evaluation:
-    """Accuracies of one model per quantizer ("fp32" = unquantized) and per MCQ split."""
+    """Accuracies of one model per quantizer ("unquantized" = as loaded, in `dtype`) and per MCQ split."""
 
     model: str
     benchmark: str
@@ -51,35 +58,42 @@ def as_bundle(benchmark: str | Path | Bundle) -> Bundle:
     return benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)
 
 
+@with_thread_policy
 def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "synthhazard", *,
              quantizers: tuple[str, ...] = (), splits: tuple[str, ...] | None = None,
              B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int | None = 64,
-             chat_template: str = "auto", truncate: str | None = None, progress: bool = False) -> Evaluation:
+             chat_template: str = "auto", truncate: str | None = None, progress: bool = False,
+             threads: int | None = None, scoring: str | None = None) -> Evaluation:
     """Evaluate a model (and its quantized versions) on every MCQ split of a benchmark.
 
     `batch_size=None` chooses it automatically (halving on out-of-memory);
     `chat_template` (auto|on|off) wraps prompts in the tokenizer's chat template;
     `truncate="left"` cuts prompts longer than the model's context (counted per split as
-    `truncated`) instead of refusing them.
+    `truncated`) instead of refusing them. `scoring` (letter | choice-text |
+    choice-text-norm; None: the benchmark's default) is how items are scored
+    (`mansu_audit.prompts`), recorded in `prompting`. `threads`: torch CPU threads while it runs
+    (None: $MANSU_THREADS, else the detected default; `mansu_audit.threads`), restored after.
     """
     loaded = load_model(model)
     bundle = as_bundle(benchmark)
+    scoring = bundle.check_scoring(scoring)
     prompt_fn = chat_prompt_fn(loaded.tokenizer, chat_template)
     batcher = AutoBatch(start=batch_size)
     names = splits or tuple(s for s in MCQ_SPLITS if s in bundle.mcq)
     chance = float(np.mean([1.0 / len(it.choices) for it in bundle.split(names[0])]))
     out = Evaluation(loaded.name, bundle.name, chance=chance,
                      prompting={**chat_template_record(loaded.tokenizer, chat_template),
-                                **({"truncate": truncate} if truncate else {})}, notes=list(loaded.notes))
-    variants = [(FULL_PRECISION, loaded.model)]
-    for qname in dict.fromkeys(q for q in quantizers if q != FULL_PRECISION):
+                                **({"truncate": truncate} if truncate else {}), "scoring": scoring}, notes=list(loaded.notes))
+    variants = [(UNQUANTIZED, loaded.model)]
+    for qname in dict.fromkeys(q for q in quantizers if q not in UNQUANTIZED_ALIASES):
         variants.append((qname, quantize_model(loaded.model, qname, tokenizer=loaded.tokenizer,
                                                calibration=bundle).model))
     for qname, m in variants:
         out.scores[qname] = {}
         for split in names:
             res = batcher.evaluate(m, loaded.tokenizer, bundle.split(split), split=split, prompt_fn=prompt_fn,
-                                   subject_line=bundle.subject_line, progress=progress, truncate=truncate)
+                                   subject_line=bundle.subject_line, progress=progress, truncate=truncate,
+                                   scoring=scoring)
             out.scores[qname][split] = SplitScore(res, accuracy_ci(res.correct.astype(np.float64), B=B, seed=seed))
     out.dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     out.batch_size = batcher.batch_size

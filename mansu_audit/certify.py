@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -41,11 +42,12 @@ from mansu_audit.io import json_copy, json_safe, progress_logger, sha256_file
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.outdir import check_output_dir, publish_dir
 from mansu_audit.policy import Policy, load_policy
-from mansu_audit.prompts import chat_prompt_fn, chat_template_record
+from mansu_audit.prompts import chat_prompt_fn, chat_template_record, scoring_key
 from mansu_audit.quantizers import available_quantizers, quantize_model
 from mansu_audit.quantizers.gguf import artifact_record, load_artifact
 from mansu_audit.recovery import run_stage as run_recovery
 from mansu_audit.stats import Estimate, mean_ci
+from mansu_audit.threads import choose_threads, with_thread_policy
 
 DEFAULT_QUANTIZERS = ("nf4", "gptq", "int8")
 EVAL_SPLITS = ("forget_eval", "retain_eval")
@@ -113,6 +115,7 @@ class Evaluations:
     quantizer_settings: dict[str, dict]
     batch_size: int = 0  # the batch size last used (0: everything came from the cache)
     peak_memory_bytes: int = 0  # peak GPU memory of the evaluations (0 on CPU)
+    seconds: dict[str, float] = field(default_factory=dict)  # "quantize:<key>", "evaluate:<key>": wall times
 
 
 def _quantize(model: LoadedModel, name: str, bundle: Bundle):
@@ -152,14 +155,16 @@ def check_artifacts(artifacts: dict[str, str | Path], quantizers: Sequence[str])
 
 def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Sequence[str], cache: ResultCache, *,
                  batch_size: int | None = 64, chat_template: str = "off", progress: bool = False,
-                 truncate: str | None = None, artifacts: dict[str, str | Path] | None = None) -> Evaluations:
+                 truncate: str | None = None, artifacts: dict[str, str | Path] | None = None,
+                 scoring: str = "letter") -> Evaluations:
     """Evaluate every (role, variant, split), reusing cached entries and caching each new one at once.
 
     A variant whose splits are all cached is not even quantized, so an interrupted
     run resumes where it stopped. `batch_size=None` picks it automatically (halving
     on out-of-memory); `chat_template` (auto|on|off) wraps prompts in the
     tokenizer's chat template, and is part of every cache key; `truncate="left"`
-    cuts prompts longer than the context instead of refusing them (also keyed).
+    cuts prompts longer than the context instead of refusing them (also keyed);
+    `scoring` is the MCQ scoring mode (`prompts.SCORING_MODES`; keyed unless "letter").
     """
     batcher = AutoBatch(start=batch_size, evaluator=evaluate_mcq)
     code = evaluation_code_sha256()
@@ -174,13 +179,15 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     if artifacts:
         for name, path in artifacts.items():  # the file's digest enters the cache keys and the certificate
             settings[name] = {**artifact_record(path), "base": ARTIFACT_BASE}
+    seconds: dict[str, float] = {}
     for variant in (UNQUANTIZED, *quantizers):
         for role, model in models.items():
+            started, timed = time.perf_counter(), variant_key(role, variant)
             inputs = {s: {
                 "model": hashes[role], "variant": variant, "split": s, "items": items[s], "code": code,
                 "calibration": None if variant == UNQUANTIZED else calibration, "batch_size": batch_size,
                 "prompting": prompting[role], "subject_line": bundle.subject_line, "truncate": truncate,
-                **runtime_record(model.model)}
+                **scoring_key(scoring), **runtime_record(model.model)}
                 for s in EVAL_SPLITS}
             if variant in artifacts:  # base: unquantized; candidate: the artifact's weights
                 for s in EVAL_SPLITS:
@@ -197,6 +204,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 _log(progress, f"quantizing {role} with {variant}")
                 quantized = _quantize(model, variant, bundle)
                 evaluated = quantized.model
+                seconds[f"quantize:{timed}"] = round(time.perf_counter() - started, 3)
                 settings.setdefault(variant, json_copy(quantized.settings, default=str))
                 del quantized  # keep only the model: the per-weight records are not needed here
             for split in EVAL_SPLITS:
@@ -206,7 +214,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                     _log(progress, f"evaluating {key} on {split}")
                     res = batcher.evaluate(evaluated, model.tokenizer, bundle.split(split), split=split,
                                            prompt_fn=prompt_fns[role], subject_line=bundle.subject_line,
-                                           progress=progress, truncate=truncate)
+                                           progress=progress, truncate=truncate, scoring=scoring)
                     entry = {"result": res.to_dict(),
                              "quantizer_settings": settings.get(variant) if variant != UNQUANTIZED else None}
                     cache.put(keys[split], entry, stage="mcq-eval", inputs=inputs[split])
@@ -217,7 +225,8 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 if variant != UNQUANTIZED and entry.get("quantizer_settings") is not None:
                     settings.setdefault(variant, entry["quantizer_settings"])
             del evaluated  # free the quantized copy before the next one
-    return Evaluations(results, settings, batcher.batch_size, batcher.peak_memory_bytes)
+            seconds[f"evaluate:{timed}"] = round(time.perf_counter() - started - seconds.get(f"quantize:{timed}", 0), 3)
+    return Evaluations(results, settings, batcher.batch_size, batcher.peak_memory_bytes, seconds)
 
 
 def _eval_entry_check(items) -> Callable[[dict], None]:
@@ -354,7 +363,8 @@ def sidecar_bytes(evals: Evaluations, bundle: Bundle, quantizers: Sequence[str],
 
 def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, LoadedModel], bundle: Bundle,
                policy: Policy, policy_source: Path | None, quantizers: Sequence[str], cad: Estimate | None,
-               sidecar: bytes, chat_template: str = "off", truncate: str | None = None) -> dict:
+               sidecar: bytes, chat_template: str = "off", truncate: str | None = None,
+               scoring: str = "letter") -> dict:
     import hashlib
 
 
@@ -381,7 +391,7 @@ def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, Loa
         "environment": library_versions(),
         "seeds": {"bootstrap": policy.seed},
         "prompting": {**chat_template_record(models[CANDIDATE].tokenizer, chat_template),
-                      "subject_line": bundle.subject_line,
+                      "subject_line": bundle.subject_line, "scoring": scoring,
                       "cad": "plain prompts (CAD compares base and candidate on the same forget_attr prompts)",
                       **truncation},
         "per_item": per_item_record(evals.results, assessment.relearn),
@@ -389,6 +399,7 @@ def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, Loa
     }
 
 
+@with_thread_policy
 def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             benchmark: str | Path | Bundle = "synthhazard", *, quantizers: Sequence[str] = DEFAULT_QUANTIZERS,
             policy: Policy | str | Path | None = None, out: str | Path | None = None, cad: CadSpec = "auto",
@@ -397,7 +408,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             truncate: str | None = None, progress: bool = False, overwrite: bool = False, sign_key=None,
             command: str | None = None, relearn: str | None = "auto",
             oracle: str | Path | LoadedModel | None = None, consistency: str | None = "auto",
-            artifacts: dict[str, str | Path] | None = None) -> Certificate:
+            artifacts: dict[str, str | Path] | None = None, scoring: str | None = None,
+            threads: int | None = None) -> Certificate:
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
     `policy` is a `Policy`, a YAML file or None (defaults). `cache` defaults to
@@ -407,7 +419,9 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     (None: float32 on CPU, bf16 on GPU); `batch_size=None` is chosen automatically.
     `chat_template` (auto|on|off) is recorded in the certificate's `prompting`;
     `truncate="left"` cuts prompts longer than the models' context (recorded there with
-    the count per split) instead of refusing them.
+    the count per split) instead of refusing them. `scoring` (letter | choice-text |
+    choice-text-norm; None: the bundle's `prompt.scoring`, else letter) is how MCQ
+    items are scored (`mansu_audit.prompts`), recorded as `prompting.scoring`.
 
     `out` is checked before any model loads (a non-empty folder needs `overwrite`)
     and written all at once (`outdir.publish_dir`): certificate.json, results.json,
@@ -429,6 +443,9 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     (e.g. llama.cpp's Q4_K_M): it is evaluated as the candidate's quantized variant
     of that name (Q[name], G_Q[name]), the base unquantized beside it, and the file's
     SHA-256, type and tensor types are recorded under `quantizers[name].settings`.
+
+    `threads`: torch CPU threads for the run (None: $MANSU_THREADS, else the detected
+    default; `mansu_audit.threads`), restored after it and recorded in run.json.
     """
     import time
 
@@ -449,6 +466,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)  # cheap checks first
     for split in EVAL_SPLITS:
         bundle.split(split)
+    scoring = bundle.check_scoring(scoring)
     base_m = load_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
     cand_m = load_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
     check_compatible(base_m, cand_m)
@@ -461,7 +479,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
 
     timings = {"load": time.perf_counter() - started}
     evals = evaluate_all(models, bundle, quantizers, cache, batch_size=batch_size, chat_template=chat_template,
-                         progress=progress, truncate=truncate, artifacts=artifacts)
+                         progress=progress, truncate=truncate, artifacts=artifacts, scoring=scoring)
     timings["evaluate"] = time.perf_counter() - started - sum(timings.values())
     cad_estimate, cad_details = resolve_cad(cad, base_m, cand_m, bundle, policy, cache, progress)
     timings["cad"] = time.perf_counter() - started - sum(timings.values())
@@ -474,21 +492,23 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
         prompting = {r: chat_template_record(m.tokenizer, chat_template) for r, m in roles.items()}
     if run_relearn:
         recovery_stage = run_recovery(models, bundle, policy, cache, oracle=oracle_m, prompt_fns=prompt_fns,
-                                      prompting=prompting, truncate=truncate, log=lambda m: _log(progress, m))
+                                      prompting=prompting, truncate=truncate, scoring=scoring,
+                                      log=lambda m: _log(progress, m))
         stage_seconds.update(recovery_stage.seconds)
         timings["relearn"] = time.perf_counter() - started - sum(timings.values())
     if run_consistency:
         consistency_section, seconds = run_consistency_check(
             models, bundle, policy, cache, prompt_fns=prompt_fns, prompting=prompting, truncate=truncate,
-            batch_size=batch_size, log=lambda m: _log(progress, m))
+            batch_size=batch_size, scoring=scoring, log=lambda m: _log(progress, m))
         stage_seconds.update(seconds)
         timings["consistency"] = time.perf_counter() - started - sum(timings.values())
     assessment = assess(evals.results["forget_eval"], evals.results["retain_eval"], quantizers, policy,
                         cad=cad_estimate, cad_control=cad_control_from_details(cad_details),
                         relearn=None if recovery_stage is None else recovery_stage.relearn)
+    timings["assess"] = time.perf_counter() - started - sum(timings.values())  # paired bootstrap and verdicts
     sidecar = sidecar_bytes(evals, bundle, quantizers, cad_details)
     body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar,
-                      chat_template, truncate)
+                      chat_template, truncate, scoring)
     body["command"] = command
     if recovery_stage is not None:
         body["recovery"] = recovery_stage.section
@@ -501,7 +521,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
         run = {"created_utc": certificate.created_utc, "command": command, "body_sha256": certificate.body_sha256,
                "wall_seconds": {k: round(v, 3) for k, v in timings.items()},
                "cad_attribution_seconds": cad_seconds, "stage_seconds": stage_seconds,
-               "batch_size": evals.batch_size,
+               "batch_size": evals.batch_size, "evaluate_seconds": evals.seconds,
+               "threads": choose_threads(threads).to_dict(),
                "peak_memory_bytes": evals.peak_memory_bytes, "signed": sign_key is not None}
         publish_dir(out, {CERTIFICATE_FILE: certificate.to_json().encode("utf-8"), RESULTS_FILE: sidecar,
                           ATTESTATION_FILE: attestation_bytes(body, sign_key),

@@ -5,10 +5,12 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from contextlib import nullcontext
 
 from mansu_audit import commands
 from mansu_audit._version import __version__
 from mansu_audit.errors import InputError
+from mansu_audit.threads import torch_threads
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args._argv = argv  # the exact command line (certify records it for "Reproduce")
     try:
-        return int(args._run(args))
+        # commands that load a model take --threads (commands/_common.add_model_args): the thread policy
+        # (mansu_audit.threads) holds for the whole command, and torch's count is restored after it
+        with torch_threads(args.threads) if hasattr(args, "threads") else nullcontext():
+            return int(args._run(args))
     except InputError as exc:
         print(f"mansu-audit: error: {exc}", file=sys.stderr)
         return 2

@@ -174,12 +174,15 @@ def _code_sha256() -> str:
 
 
 def run_stage(models: dict, bundle, policy, cache, *, prompt_fns: dict | None = None, prompting: dict | None = None,
-              truncate: str | None = None, batch_size: int | None = 64,
+              truncate: str | None = None, batch_size: int | None = 64, scoring: str = "letter",
               log: Callable[[str], None] | None = None) -> tuple[dict, dict[str, float]]:
     """(certificate body `consistency` section, run-record seconds) for every model on both eval splits.
 
     Per-item correctness under each rotation is cached by model content, items and code;
     the statistics are recomputed from it (policy B, seed, level, `max_order_dependence`).
+    Under choice-text scoring the check does not run (the section says why): the prompt
+    does not list the choices, so their order cannot change a prediction, and a verbatim
+    lm-eval context lists them in text that rotating `choices` would not rotate.
     """
     import json
     import time
@@ -189,6 +192,11 @@ def run_stage(models: dict, bundle, policy, cache, *, prompt_fns: dict | None = 
     log = log or (lambda _m: None)
     threshold = float(getattr(policy, "max_order_dependence", DEFAULT_MAX_ORDER_DEPENDENCE))
     code = _code_sha256()
+    if scoring != "letter":
+        return {"mode": "not-applicable", "scoring": scoring, "max_order_dependence": threshold, "models": {},
+                "flags": [],
+                "note": "choice-text scoring: the prompts do not list the choices, so choice order cannot "
+                        "change a prediction"}, {}
     out: dict = {"mode": "rotations", "max_order_dependence": threshold, "models": {}, "flags": []}
     seconds: dict[str, float] = {}
     for role, m in models.items():

@@ -2,7 +2,9 @@
 
 A bundle is a folder with `manifest.json` naming its splits. MCQ splits hold
 `{"id", "question", "choices", "answer", "subject"?}` objects, one per line
-(extra keys are kept in `MCQItem.extra`, e.g. `corrupt` on `forget_attr`);
+(extra keys are kept in `MCQItem.extra`, e.g. `corrupt` on `forget_attr`; the
+optional strings `cloze`, `context` and `target_delimiter` set the choice-text
+context, see `prompts.item_request`);
 corpus splits hold `{"id", "text"}`. Every problem is reported as one
 `InputError` naming the file and line.
 
@@ -81,6 +83,27 @@ class Bundle:
         prompt = self.manifest.get("prompt") or {}
         return bool(prompt.get("subject_line", False)) if isinstance(prompt, dict) else False
 
+    @property
+    def default_scoring(self) -> str:
+        """The bundle's scoring mode (manifest `prompt.scoring`; `convert lm-eval` writes choice-text), else letter."""
+        prompt = self.manifest.get("prompt") or {}
+        scoring = prompt.get("scoring", "letter") if isinstance(prompt, dict) else "letter"
+        return scoring if isinstance(scoring, str) else "letter"
+
+    def check_scoring(self, scoring: str | None) -> str:
+        """`scoring`, or the bundle's default when None; one line when the mode cannot score these items."""
+        from mansu_audit.prompts import check_scoring
+
+        scoring = check_scoring(scoring or self.default_scoring)
+        if scoring == "letter":
+            for name, items in self.mcq.items():
+                verbatim = next((it for it in items if "context" in it.extra), None)
+                if verbatim is not None:
+                    raise InputError(f"split '{name}' item '{verbatim.id}' carries a verbatim lm-eval context: "
+                                     f"score with --scoring choice-text or choice-text-norm, not letter",
+                                     self.files.get(name, self.root))
+        return scoring
+
     def file_hashes(self) -> dict[str, str]:
         """SHA-256 of the manifest and every split file, by path relative to the bundle."""
         root = Path(self.root).resolve()  # split paths are resolved; a relative root must be too
@@ -134,6 +157,9 @@ def parse_mcq(path: Path) -> tuple[MCQItem, ...]:
         subject = obj.get("subject")
         if subject is not None and not isinstance(subject, str):
             raise InputError("'subject' must be a string", path, lineno)
+        for key in ("context", "target_delimiter", "cloze"):  # choice-text contexts (prompts.item_request)
+            if key in obj and not isinstance(obj[key], str):
+                raise InputError(f"'{key}' must be a string", path, lineno)
         extra = {k: v for k, v in obj.items() if k not in ("id", "question", "choices", "answer", "subject")}
         items.append(MCQItem(obj["id"], obj["question"], tuple(choices), obj["answer"], subject, extra))
     return tuple(items)

@@ -173,9 +173,10 @@ def per_item_record(results: Mapping[str, Mapping[str, MCQResult]],
 
 
 def unquantized_record(models: Mapping) -> dict:
-    """What "unquantized" means in this certificate: each model's parameter dtype as evaluated."""
-    out = {}
+    """What "unquantized" means in this certificate: each model's parameter dtype and device type ("cpu",
+    "cuda", "mps": no index, so the body stays identical on another GPU of the same kind) as evaluated."""
+    out, device = {}, {}
     for role, m in models.items():
         p = next(m.model.parameters())
-        out[role] = str(p.dtype).replace("torch.", "")
-    return {"label": UNQUANTIZED, "dtype": out}
+        out[role], device[role] = str(p.dtype).replace("torch.", ""), p.device.type
+    return {"label": UNQUANTIZED, "dtype": out, "device": device}

@@ -1,12 +1,15 @@
 """MCQ evaluation: one forward pass per item, per-item vectors out (SPEC §5).
 
-For each item the context is the lm-eval prompt and the continuations are " A",
-" B", ... When every continuation is one token appended to the context's tokens
-(true for the reference tokenizer and for Llama/Qwen/Mistral/GPT-2 BPE), one
-forward pass of the context gives all letters' log-likelihoods at its last
-position. Otherwise the item falls back to lm-eval's scheme: one sequence per
-choice, summing the continuation tokens' log-probabilities. Predictions equal
-lm-eval's `multiple_choice` `acc` (argmax, first index on ties).
+For each item the context and the continuations come from `prompts.item_request`
+under the scoring mode (`letter`: the lm-eval MMLU prompt and " A", " B", ...;
+`choice-text[-norm]`: `Question: ...\nAnswer:` and " " + each choice's text).
+When every continuation is one token appended to the context's tokens (letters,
+for the reference tokenizer and for Llama/Qwen/Mistral/GPT-2 BPE), one forward
+pass of the context gives all choices' log-likelihoods at its last position.
+Otherwise the item follows lm-eval's scheme: one sequence per choice, summing the
+continuation tokens' log-probabilities. Predictions equal lm-eval's
+`multiple_choice` `acc` (argmax, first index on ties), or `acc_norm` for
+`choice-text-norm` (argmax of log-likelihood / len(choice)).
 
 Batches are right-padded (positions of real tokens unchanged, causal attention
 never sees padding) and sorted by length to waste little compute.
@@ -28,7 +31,7 @@ import torch
 
 from mansu_audit.data import MCQItem
 from mansu_audit.errors import InputError
-from mansu_audit.prompts import continuations, item_prompt, pad_token_id
+from mansu_audit.prompts import check_scoring, item_request, pad_token_id
 
 TRUNCATE_MODES = ("left",)
 
@@ -98,10 +101,6 @@ class _Request:
     scored: list[tuple[int, list[tuple[int, int]]]]  # (choice, [(position, token), ...])
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text).input_ids
-
-
 def context_length(model: torch.nn.Module) -> int | None:
     """The longest sequence the model's positions allow (None when the config declares none)."""
     config = getattr(model, "config", None)
@@ -139,14 +138,15 @@ def fit_context(requests: list[_Request], max_length: int | None, truncate: str 
     return out, len(cut_items)
 
 
-def build_requests(tokenizer, prompts: Sequence[str], num_choices: Sequence[int]) -> list[_Request]:
+def build_requests(tokenizer, prompts: Sequence[str], conts: Sequence[Sequence[str]]) -> list[_Request]:
     """Tokenise as lm-eval's `_encode_pair` does: encode context+continuation whole, split off
-    the context's length. Single-token continuations share one sequence per item."""
+    the context's length (`conts[i]`: item i's continuation strings). Single-token
+    continuations share one sequence per item."""
     requests: list[_Request] = []
     contexts = tokenizer(list(prompts)).input_ids
-    texts = [prompt + c for prompt, k in zip(prompts, num_choices) for c in continuations(k)]
+    texts = [prompt + c for prompt, cs in zip(prompts, conts) for c in cs]
     all_wholes = tokenizer(texts).input_ids  # one batched call: tokenisation is a visible share of CPU time
-    offsets = np.cumsum([0, *num_choices])
+    offsets = np.cumsum([0, *(len(cs) for cs in conts)])
     for i, ctx in enumerate(contexts):
         wholes = all_wholes[offsets[i]:offsets[i + 1]]
         if all(len(w) == len(ctx) + 1 and w[:len(ctx)] == ctx for w in wholes):
@@ -193,21 +193,33 @@ def score_requests(model: torch.nn.Module, requests: list[_Request], pad_id: int
     return out
 
 
+def predict(lls: np.ndarray, items: Sequence[MCQItem], scoring: str = "letter") -> np.ndarray:
+    """Predicted choice per item: argmax of the log-likelihoods (`acc`), or for
+    `choice-text-norm` of log-likelihood / len(choice string) (`acc_norm`); first index on ties."""
+    if scoring != "choice-text-norm":
+        return lls.argmax(axis=1)
+    lengths = np.ones_like(lls)
+    for i, it in enumerate(items):
+        lengths[i, :len(it.choices)] = [max(len(c), 1) for c in it.choices]
+    return (lls / lengths).argmax(axis=1)
+
+
 def evaluate_mcq(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *, split: str = "",
                  batch_size: int = 64, subject_line: bool = False,
                  prompt_fn: Callable[[str], str] | None = None, progress: bool = False,
-                 truncate: str | None = None) -> MCQResult:
+                 truncate: str | None = None, scoring: str = "letter") -> MCQResult:
     """Accuracy of `model` on `items`, with per-item predictions and choice log-likelihoods.
 
     `prompt_fn` post-processes each prompt (chat templates); `subject_line` adds
-    lm-eval's MMLU header when items carry a subject. Items longer than the
-    model's context are refused, or cut on the left with `truncate="left"`.
+    lm-eval's MMLU header when items carry a subject; `scoring` is one of
+    `prompts.SCORING_MODES`. Items longer than the model's context are refused,
+    or cut on the left with `truncate="left"`.
     """
-    prompts = [item_prompt(it, subject_line=subject_line) for it in items]
-    if prompt_fn is not None:
-        prompts = [prompt_fn(p) for p in prompts]
+    check_scoring(scoring)
+    pairs = [item_request(it, scoring, subject_line) for it in items]
+    prompts = [ctx if prompt_fn is None else prompt_fn(ctx) for ctx, _ in pairs]
     k = [len(it.choices) for it in items]
-    requests = build_requests(tokenizer, prompts, k)
+    requests = build_requests(tokenizer, prompts, [cs for _, cs in pairs])
     requests, truncated = fit_context(requests, context_length(model), truncate, [it.id for it in items])
     bar = None
     if progress:
@@ -223,6 +235,6 @@ def evaluate_mcq(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *,
         model.train(was_training)
         if bar:
             bar.close()
-    predictions = lls.argmax(axis=1)  # first index on ties, as numpy/lm-eval
+    predictions = predict(lls, items, scoring)
     answers = np.array([it.answer for it in items], dtype=np.int64)
     return MCQResult(split, tuple(it.id for it in items), answers, predictions.astype(np.int64), lls, truncated)

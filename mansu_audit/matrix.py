@@ -13,6 +13,23 @@ Outputs in OUT: one certificate folder per cell (`runs/<method>/seed-<k>/`),
 result pooled over seeds), `matrix.html` (comparison) and `index.html` (the full
 audit report of every cell).
 
+Writing OUT (`outdir`): OUT is checked before any work (a non-empty folder needs
+`overwrite` and must hold an earlier mansu-audit output); the cells run; then the
+results (every cell folder and `matrix.json`) are built in a temporary folder
+beside OUT and renamed to OUT at once (an earlier OUT goes whole, its HTML
+included), and `matrix.html` and `index.html` are rendered into the published
+folder after, each file atomically. A reader sees the old run, the new results
+(briefly without HTML), or the new results with their HTML; never a mix of runs.
+Our choice, rather than rendering inside the temporary folder too: the report
+names each certificate by its path (the `verify` and "Reproduce" commands, the
+folder line), which must be the final one; and the results, the expensive part,
+are published before the render, so a render failure leaves them in OUT
+(`mansu-audit report OUT` renders them again) with no stale HTML beside them. The
+baseline comparison (when given) runs before the render, so `matrix.html` names
+its regressions from the start. Without a cache the unlearned checkpoints live
+beside OUT in `.<OUT name>.checkpoints/` (not inside OUT, which is replaced whole;
+the certificates record their paths, so `verify` finds them).
+
 Pooling over seeds (our choice): the candidate's per-item correctness is averaged
 over seeds (items stay paired with the base model), and every statistic of a
 certificate (`desiderata.split_statistics`) is bootstrapped over items from those
@@ -20,10 +37,13 @@ averages with the certificate's policy; S uses the envelope of the seeds' CAD (a
 random-circuit control) intervals (mean point, lowest low, highest high), since
 per-item CAD values are not stored. Verdicts come from the certificate's own engine
 (`verdicts.decide`) with every seed's guard findings (records) applied, so a pooled
-verdict is never PASS when a seed tripped the over-unlearning guard.
+verdict is never PASS when a seed tripped the over-unlearning guard. Beside it,
+per quantizer, the certification rate over seeds (DurableUn's "PASS in k of n
+seeds", `certification_rate`): how many seeds' own certificates PASS F, R and Q[q].
 
 Baseline comparison: every cell and pooled result in the baseline must exist,
-no verdict may become more severe (PASS < INCONCLUSIVE/NOT COMPUTED < FAIL), and
+no verdict may become more severe (PASS < INCONCLUSIVE/NOT COMPUTED < FAIL), no
+pooled certification rate may fall (k/n compared as fractions), and
 the point estimate of no gated statistic (D_F, D_R, every G_Q[q], CAD) may move by
 more than its tolerance, either way: a baseline that no longer describes the
 method must be re-saved. Each violation is named. The per-variant accuracies
@@ -51,6 +71,7 @@ from mansu_audit.io import atomic_write_bytes, json_copy, progress_logger, read_
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.policy import Policy
 from mansu_audit.registry import code_files, get_method
+from mansu_audit.outdir import check_output_dir, staged_dir
 from mansu_audit.report import matrix_html, render_report, write_html
 from mansu_audit.stats import Estimate
 from mansu_audit.unlearn import RECORD_NAME, resolve_method, unlearn
@@ -83,9 +104,9 @@ def default_cell_dir(method: str, seed: int) -> str:
 
 
 def checkpoint_store(cache: ResultCache, out: Path) -> Path:
-    """Where unlearned checkpoints live: beside the result cache, or in OUT when caching is off."""
+    """Where unlearned checkpoints live: beside the result cache, or beside OUT when caching is off."""
     if isinstance(cache, NoCache):
-        return out / ".checkpoints"
+        return out.parent / f".{out.name}.checkpoints"
     return cache.root / "checkpoints"
 
 
@@ -196,9 +217,34 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
     out_stats = {"D_F": f_est["D_F"], "D_R": r_est["D_R"], **{f"G_Q[{q}]": f_est[f"G_Q[{q}]"] for q in quantizers}}
     if cad is not None:
         out_stats["CAD"] = cad
+    seed_verdicts = [{k: v["verdict"] for k, v in b["desiderata"].items()} for b in bodies]
     return {"n_seeds": len(bodies), "verdict": decision.overall,
             "verdicts": {k: v.verdict for k, v in sorted(decision.verdicts.items())},
-            "statistics": {k: _estimate(e.to_dict()) for k, e in out_stats.items()}, "guard": messages}
+            "statistics": {k: _estimate(e.to_dict()) for k, e in out_stats.items()}, "guard": messages,
+            "cert_rate": certification_rate(seed_verdicts, quantizers)}
+
+
+CERT_RATE_REQUIRES = ("F", "R")  # with Q[q]: what one seed must PASS to count as certified at quantizer q
+
+
+def certification_rate(seed_verdicts: Sequence[Mapping[str, str]], quantizers: Sequence[str]) -> dict:
+    """DurableUn's certification rate over seeds: "PASS in k of n seeds", per quantizer and for all of them.
+
+    A seed counts as certified at quantizer q when its own certificate's F, R and
+    Q[q] are all PASS (the forgetting is real, utility kept, and it survives q;
+    our reading of DurableUn's (eps, precisions) durability certificate; S and K
+    are left out: they do not depend on the precision). `all_quantizers` counts
+    the seeds certified at every quantizer. Each entry: k, n and rate = k / n.
+    """
+    n = len(seed_verdicts)
+
+    def rate(names: Sequence[str]) -> dict:
+        k = sum(all(v.get(d) == "PASS" for d in names) for v in seed_verdicts)
+        return {"k": k, "n": n, "rate": k / n if n else None}
+
+    return {"requires": [*CERT_RATE_REQUIRES, "Q[q]"],
+            "per_quantizer": {q: rate([*CERT_RATE_REQUIRES, f"Q[{q}]"]) for q in quantizers},
+            "all_quantizers": rate([*CERT_RATE_REQUIRES, *(f"Q[{q}]" for q in quantizers)])}
 
 
 def _stored_key(body: Mapping, key: str) -> str:
@@ -225,6 +271,7 @@ class MatrixRun:
     results_path: Path
     html_path: Path
     report_path: Path
+    regressions: list[str] | None = None  # against the baseline, when one was given
 
 
 def check_inputs(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequence[int]) -> None:
@@ -395,7 +442,7 @@ def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
             staging = scratch / "out"
             _log(ctx.progress, f"{method} seed {seed}: certifying through {', '.join(ctx.quantizers)}")
             cert = certify(base, candidate, ctx.bundle, quantizers=ctx.quantizers, policy=ctx.policy, out=staging,
-                           cache=cache, progress=ctx.progress)
+                           cache=cache, progress=ctx.progress, threads=ctx.threads)
             _log(ctx.progress, f"{method} seed {seed}: diagnostics and per-layer circuit mass")
             details = compute_details(base, candidate, ctx.bundle, ctx.quantizers, cache,
                                       base_attributions=ctx.base_attributions(), progress=ctx.progress)
@@ -420,7 +467,8 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
                policy=None, cache: ResultCache | None = None, overrides: Mapping[str, Sequence[str]] | None = None,
                device: str = "cpu", cell_dir: Callable[[str, int], str] = default_cell_dir,
                progress: bool = True, title: str | None = None, executor=None, threads: int | None = None,
-               include_forget_text: bool = False) -> MatrixRun:
+               include_forget_text: bool = False, overwrite: bool = False, baseline: Mapping | None = None,
+               baseline_path: str | None = None, tolerances: Mapping[str, float] | None = None) -> MatrixRun:
     """Run the grid into `out` (see the module docstring); returns the results and file paths.
 
     `executor` (default `InProcessExecutor()`; see `mansu_audit.executors`) runs the
@@ -428,14 +476,16 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     each cell's files, `matrix.json` and the reports, so the results do not depend
     on the executor or on the number of workers, given the same CPU `threads` per
     cell (default: the executor's `threads_per_cell`, else torch's current count).
+    `out` is checked first and published whole at the end (module docstring); an
+    earlier output there is replaced only with `overwrite`. `baseline` (results read
+    by `read_results`, named `baseline_path` in the page) is compared with
+    `tolerances` (`parse_tolerance`); the regressions are in `MatrixRun.regressions`.
     """
 
     quantizers = tuple(dict.fromkeys(q for q in quantizers if q != "fp32"))
     seeds = tuple(int(s) for s in seeds)
     check_inputs(methods, quantizers, seeds)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError("output must be a folder", out)
+    out = check_output_dir(out, overwrite)
     overrides = dict(overrides or {})
     cache = cache if cache is not None else ResultCache()
     executor = executor if executor is not None else InProcessExecutor()
@@ -453,10 +503,7 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     done = executor.map(run_cell, ctx, grid, [f"{m} seed {s}" for m, s, _, _ in grid], progress=progress)
     cells, bodies = [], {}
     for (method, seed, _, folder_name), result in zip(grid, done):
-        folder = out / folder_name
-        for name, data in result["files"]:  # in the order the cell wrote them (certificate.json last)
-            atomic_write_bytes(folder / name, data)
-        cells.append(cell_summary(method, seed, result["body"], str(folder.relative_to(out))))
+        cells.append(cell_summary(method, seed, result["body"], Path(folder_name).as_posix()))
         bodies.setdefault(method, []).append(result["body"])
     pooled = {m: pool_seeds(b) for m, b in bodies.items()} if len(seeds) > 1 else {}
     first = next(iter(bodies.values()))[0]
@@ -465,10 +512,16 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
                "overrides": {m: list(v) for m, v in sorted(overrides.items())},
                "base": first["models"]["base"], "benchmark": {k: first["benchmark"][k] for k in ("name", "files")},
                "policy": first["policy"], "suite": first["suite"], "title": title, "cells": cells, "pooled": pooled}
-    results_path = write_results(results, out / MATRIX_FILE)
-    html_path = write_matrix_html(out, results, title=title)
+    regressions = None if baseline is None else compare_to_baseline(results, baseline, tolerances or
+                                                                    parse_tolerance(None))
+    with staged_dir(out, overwrite) as stage:  # the results, published whole (module docstring)
+        for (_, _, _, folder_name), result in zip(grid, done):
+            for name, data in result["files"]:  # in the order the cell wrote them (certificate.json last)
+                atomic_write_bytes(stage / folder_name / name, data)
+        write_results(results, stage / MATRIX_FILE)
+    html_path = write_matrix_html(out, results, regressions=regressions, baseline_path=baseline_path, title=title)
     report_path = render_report(out, title=title, include_forget_text=include_forget_text)
-    return MatrixRun(results, out, results_path, html_path, report_path)
+    return MatrixRun(results, out, out / MATRIX_FILE, html_path, report_path, regressions)
 
 
 def write_results(results: Mapping, path: str | Path) -> Path:
@@ -540,6 +593,13 @@ def compare_to_baseline(results: Mapping, baseline: Mapping, tolerances: Mapping
                 problems.append(f"{name}: verdict {d} worsened {old_v} -> {new_v}")
         if SEVERITY.get(new["verdict"], 2) > SEVERITY.get(old["verdict"], 2):
             problems.append(f"{name}: overall verdict worsened {old['verdict']} -> {new['verdict']}")
+        old_rates = (old.get("cert_rate") or {}).get("per_quantizer", {})
+        new_rates = (new.get("cert_rate") or {}).get("per_quantizer", {})
+        for q, old_r in sorted(old_rates.items()):
+            new_r = new_rates.get(q)
+            if new_r is not None and new_r["k"] * old_r["n"] < old_r["k"] * new_r["n"]:
+                problems.append(f"{name}: certification rate at {q} fell {old_r['k']}/{old_r['n']} -> "
+                                f"{new_r['k']}/{new_r['n']} seeds")
         for stat, old_e in sorted(old["statistics"].items()):
             if stat.split("[", 1)[0] not in GATED_STATISTICS:
                 continue
@@ -591,4 +651,14 @@ def format_matrix_table(results: Mapping) -> str:
                      + "".join(f"{short(v.get(f'Q[{q}]')):<10}" for q in qs) + f"{short(v.get('S')):<6}"
                      + f"{pt(s.get('D_F')):>8}{pt(s.get('D_R')):>8}" + "".join(f"{pt(s.get(f'G_Q[{q}]')):>11}" for q in qs)
                      + f"{pt(s.get('CAD')):>8}")
+    for m, p in results["pooled"].items():
+        if p.get("cert_rate"):
+            lines.append(f"{m} certified (F, R, Q[q] PASS) in " + cert_rate_text(p["cert_rate"]))
     return "\n".join(lines)
+
+
+def cert_rate_text(cert_rate: Mapping) -> str:
+    """`nf4 2/3 seeds, int8 3/3 seeds; every quantizer 2/3 seeds`."""
+    per = ", ".join(f"{q} {e['k']}/{e['n']} seeds" for q, e in cert_rate["per_quantizer"].items())
+    every = cert_rate["all_quantizers"]
+    return f"{per}; every quantizer {every['k']}/{every['n']} seeds"

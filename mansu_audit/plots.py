@@ -6,15 +6,17 @@ templates can insert the charts unescaped while dataset- or user-supplied names
 stay inert. Non-finite values are skipped (drawn as a gap), never plotted as 0.
 
 One colour per meaning, in every chart of a report (`COLOURS`): the base model θ0
-is slate grey, the candidate θu blue, a policy threshold a red dashed line, chance
-and zero grey dotted lines; quantizers and methods, when they are the series, take
+is slate grey, the candidate θu blue, an oracle (never saw the facts) ochre, a
+policy threshold a red dashed line, chance and zero grey dotted lines; quantizers and methods, when they are the series, take
 fixed colours from their own palettes (`series_colour`), so "nf4" is the same teal
 in every chart. Every chart carries its legend, including its reference lines.
 
 Charts: `interval_chart` (points with CI whiskers, clustered by group),
 `slope_chart` (a fan of lines from the first group, the unquantized model, to each
-other group, per series, with CIs; the y axis is zoomed to the data), and
-`bar_chart` (grouped bars, optionally on a log10 axis with a vertical marker).
+other group, per series, with CIs; the y axis is zoomed to the data), `line_chart`
+(y against a numeric x, e.g. accuracy per attack step or per layer; a missing point
+breaks the line), and `bar_chart` (grouped bars, optionally on a log10 axis with a
+vertical marker).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Mapping, Sequence
 from markupsafe import Markup
 
 FONT = 'font-family="system-ui, sans-serif" font-size="11"'
-COLOURS = {"base": "#64748b", "candidate": "#2563eb", "diff": "#9333ea", "threshold": "#dc2626",
+COLOURS = {"base": "#64748b", "candidate": "#2563eb", "oracle": "#a16207", "diff": "#9333ea", "threshold": "#dc2626",
            "reference": "#6b7280", "frame": "#9ca3af", "grid": "#e5e7eb"}
 # Fixed colours for named series (quantizers, methods); anything else takes the next free palette colour.
 NAMED = {"nf4": "#0d9488", "gptq": "#d97706", "int8": "#db2777", "rtn": "#7c3aed", "hqq": "#65a30d",
@@ -282,6 +284,49 @@ def slope_chart(groups: Sequence[str], series: dict[str, Sequence[Interval]], *,
     return _svg(width, height, body, title)
 
 
+def line_chart(series: dict[str, Sequence[tuple[float, float | None]]], *, title: str, x_label: str = "",
+               y_label: str = "", reference_lines: Sequence = (), colours: Mapping[str, str] | None = None,
+               width: int = 420, height: int = 250) -> Markup:
+    """Lines through (x, y) points, one colour per series, a dot (with tooltip) per point.
+
+    The y axis is zoomed to the points and reference lines; x ticks are the points'
+    x values when there are at most 12 distinct ones (steps, layers), else round ticks.
+    """
+    lines = _lines(reference_lines)
+    xs = sorted({x for ps in series.values() for x, v in ps if _finite(x) and _finite(v)}) or [0.0, 1.0]
+    values = [v for ps in series.values() for x, v in ps if _finite(x) and _finite(v)] + [r.value for r in lines]
+    left, top = 50, 24
+    pw, ph = width - left - 150, height - top - 40
+    y, body = _plot_area(_y_range(values, None), lines, title, y_label, left, top, pw, ph)
+    x_lo, x_hi = xs[0], xs[-1] if xs[-1] > xs[0] else xs[0] + 1.0
+
+    def x(v: float) -> float:
+        return left + 8 + (pw - 16) * (v - x_lo) / (x_hi - x_lo)
+
+    for t in (xs if len(xs) <= 12 else [t for t in _ticks(x_lo, x_hi) if x_lo <= t <= x_hi]):
+        body.append(f'<text x="{x(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{_fmt(t)}</text>')
+    if x_label:
+        body.append(f'<text x="{left + pw / 2:.1f}" y="{top + ph + 30}" text-anchor="middle">{escape(x_label)}</text>')
+    cmap = series_colours(list(series), colours)
+    for sname, ps in series.items():
+        runs, run = [], []
+        for xv, v in [*ps, (None, None)]:  # a missing point ends a run
+            if _finite(xv) and _finite(v):
+                run.append((x(xv), y(v), xv, v))
+            elif run:
+                runs.append(run)
+                run = []
+        for run in runs:
+            if len(run) > 1:
+                path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in run)
+                body.append(f'<polyline points="{path}" fill="none" stroke="{cmap[sname]}" stroke-width="1.5"/>')
+            body += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{cmap[sname]}"><title>'
+                     f'{escape(f"{sname} · {_fmt(xv)}: {_fmt(v)}")}</title></circle>' for px, py, xv, v in run]
+    body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="{COLOURS["frame"]}"/>')
+    body += _legend([(s, cmap[s], "dot") for s in series] + _ref_legend(lines), left + pw + 12, top + 10)
+    return _svg(width, height, body, title)
+
+
 def bar_chart(categories: Sequence[str], series: dict[str, Sequence[float | None]], *, title: str,
               y_label: str = "", log_y: bool = False, width: int = 640, height: int = 260,
               rotate_labels: bool = False, colours: Mapping[str, str] | None = None,
@@ -357,4 +402,5 @@ def bar_chart(categories: Sequence[str], series: dict[str, Sequence[float | None
     return _svg(width, height, body, title)
 
 
-__all__ = ["Interval", "RefLine", "COLOURS", "interval_chart", "slope_chart", "bar_chart", "series_colours"]
+__all__ = ["Interval", "RefLine", "COLOURS", "interval_chart", "slope_chart", "line_chart", "bar_chart",
+           "series_colours"]

@@ -9,6 +9,25 @@
 scored by the log-likelihood of the continuations " A", " B", ... The subject
 line is optional (`subject_line=True` adds it, as lm-eval's MMLU does).
 
+Scoring modes (`--scoring`, recorded in the certificate):
+- `letter` (default): the prompt above, continuations " A", " B", ... One forward
+  pass per item; the model must bind each letter to its choice, so a model can
+  score well by memorising letters per prompt (see `consistency`).
+- `choice-text`: lm-eval's `multiple_choice` scoring of the choices' texts
+  (`acc`), continuations `" " + choice`; the prediction is the argmax of the
+  summed log-likelihoods. The context is the item's `cloze` when it has one (a
+  statement the right choice completes: "The agent Rankel produces", the cloze
+  formulation of OLMES), else `Question: {question}\nAnswer:` (the subject line
+  first when on, as lm-eval's `mmlu_continuation`). Choice order cannot matter,
+  since the prompt does not list the choices.
+- `choice-text-norm`: the same log-likelihoods, predicted by lm-eval's
+  `acc_norm`: argmax of log-likelihood / len(choice) (characters of the choice
+  string, as lm-eval's `completion_len`).
+An item may carry a verbatim lm-eval context (key `context`, with
+`target_delimiter`, default " "; written by `convert lm-eval`): its context is
+used as is and its choices are scored as text after the delimiter, so such items
+take only the choice-text modes.
+
 Chat templates (`--chat-template auto|on|off`): `chat_prompt_fn` wraps the
 prompt in the tokenizer's template as one user turn followed by the assistant
 generation prompt (lm-eval's `--apply_chat_template` convention); the scored
@@ -51,6 +70,38 @@ def item_prompt(item: MCQItem, subject_line: bool = False, corrupt: bool = False
 
 def continuations(num_choices: int) -> list[str]:
     return [f" {LETTERS[i]}" for i in range(num_choices)]
+
+
+SCORING_MODES = ("letter", "choice-text", "choice-text-norm")
+
+
+def check_scoring(scoring: str) -> str:
+    if scoring not in SCORING_MODES:
+        raise InputError(f"--scoring must be one of {', '.join(SCORING_MODES)}, not '{scoring}'")
+    return scoring
+
+
+def scoring_key(scoring: str) -> dict:
+    """What a cache key or certificate record adds for `scoring`: nothing for `letter` (so records made
+    before scoring modes existed stay valid and byte-identical), else `{"scoring": mode}`."""
+    return {} if check_scoring(scoring) == "letter" else {"scoring": scoring}
+
+
+def item_request(item: MCQItem, scoring: str = "letter", subject_line: bool = False) -> tuple[str, list[str]]:
+    """The context string and the scored continuation strings of one item under `scoring` (module doc)."""
+    context = item.extra.get("context")
+    if scoring == "letter":
+        if context is not None:
+            raise InputError(f"item '{item.id}' carries a verbatim lm-eval context; score it with "
+                             f"--scoring choice-text (or choice-text-norm), not letter")
+        return item_prompt(item, subject_line=subject_line), continuations(len(item.choices))
+    check_scoring(scoring)
+    context = context if context is not None else item.extra.get("cloze")
+    if context is None:
+        header = subject_header(item.subject) if subject_line and item.subject else ""
+        context = f"{header}Question: {item.question.strip()}\nAnswer:"
+    delimiter = item.extra.get("target_delimiter", " ")
+    return context, [f"{delimiter}{c}" for c in item.choices]
 
 
 def pad_token_id(tokenizer) -> int:

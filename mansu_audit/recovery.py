@@ -107,7 +107,7 @@ from mansu_audit.data import Bundle, MCQItem
 from mansu_audit.evaluate import MCQResult, build_requests, evaluate_mcq
 from mansu_audit.io import json_copy
 from mansu_audit.policy import Policy
-from mansu_audit.prompts import item_prompt, pad_token_id
+from mansu_audit.prompts import item_request, pad_token_id, scoring_key
 from mansu_audit.stats import DEFAULT_SEED, Estimate
 from mansu_audit.verdicts import BASE, CANDIDATE, K_AFTER, K_BASE, K_BEFORE, k_statistics
 
@@ -233,14 +233,19 @@ class RelearnResult:
                    AttackConfig.from_dict(d["config"]), seconds)
 
 
+def _contexts(items: Sequence[MCQItem], subject_line: bool, prompt_fn: Callable[[str], str] | None,
+              scoring: str) -> tuple[list[str], list[list[str]]]:
+    """The evaluator's contexts (after `prompt_fn`) and continuation strings of `items`."""
+    pairs = [item_request(it, scoring, subject_line) for it in items]
+    return [ctx if prompt_fn is None else prompt_fn(ctx) for ctx, _ in pairs], [cs for _, cs in pairs]
+
+
 def _answer_sequences(tokenizer, items: Sequence[MCQItem], subject_line: bool,
-                      prompt_fn: Callable[[str], str] | None) -> list[tuple[list[int], list[tuple[int, int]]]]:
+                      prompt_fn: Callable[[str], str] | None,
+                      scoring: str = "letter") -> list[tuple[list[int], list[tuple[int, int]]]]:
     """Per item, (tokens to run, [(position, token)] of the right answer's continuation): the evaluator's encoding."""
 
-    prompts = [item_prompt(it, subject_line=subject_line) for it in items]
-    if prompt_fn is not None:
-        prompts = [prompt_fn(p) for p in prompts]
-    requests = build_requests(tokenizer, prompts, [len(it.choices) for it in items])
+    requests = build_requests(tokenizer, *_contexts(items, subject_line, prompt_fn, scoring))
     out: list = [None] * len(items)
     for req in requests:
         for choice, pairs in req.scored:
@@ -269,7 +274,7 @@ def _batch_loss(model: torch.nn.Module, sequences, pad_id: int, device) -> torch
 def relearn(model: torch.nn.Module, tokenizer, attack: Sequence[MCQItem], heldout: Sequence[MCQItem],
             config: AttackConfig = AttackConfig(), *, subject_line: bool = False,
             prompt_fn: Callable[[str], str] | None = None, eval_batch_size: int = 64,
-            evaluator: Callable | None = None, truncate: str | None = None) -> RelearnResult:
+            evaluator: Callable | None = None, truncate: str | None = None, scoring: str = "letter") -> RelearnResult:
     """Fine-tune a copy of `model` on `attack` (see the module docstring); `model` is left untouched."""
 
     evaluator = evaluator or evaluate_mcq
@@ -290,14 +295,14 @@ def relearn(model: torch.nn.Module, tokenizer, attack: Sequence[MCQItem], heldou
     def evaluate() -> MCQResult:
         extra = {} if truncate is None else {"truncate": truncate}
         return evaluator(work, tokenizer, heldout, split=HELDOUT_SPLIT, batch_size=eval_batch_size,
-                         subject_line=subject_line, prompt_fn=prompt_fn, **extra)
+                         subject_line=subject_line, prompt_fn=prompt_fn, scoring=scoring, **extra)
 
     before = evaluate()
     curve = [(0, before.accuracy)]
     after = before
     losses: list[float] = []
     queue: list[int] = []
-    as_given = (_answer_sequences(tokenizer, attack, subject_line, prompt_fn)
+    as_given = (_answer_sequences(tokenizer, attack, subject_line, prompt_fn, scoring)
                 if config.choice_order == "as-given" else None)
     for step in range(1, config.steps + 1):
         picked = []
@@ -311,7 +316,7 @@ def relearn(model: torch.nn.Module, tokenizer, attack: Sequence[MCQItem], heldou
                 it = attack[i]
                 order = torch.randperm(len(it.choices), generator=gen).tolist()
                 shown.append(replace(it, choices=tuple(it.choices[o] for o in order), answer=order.index(it.answer)))
-            sequences = _answer_sequences(tokenizer, shown, subject_line, prompt_fn)
+            sequences = _answer_sequences(tokenizer, shown, subject_line, prompt_fn, scoring)
         else:
             sequences = [as_given[i] for i in picked]
         work.train()
@@ -372,12 +377,10 @@ class ProbeResult:
 @torch.no_grad()
 def answer_position_states(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *,
                            subject_line: bool = False, prompt_fn: Callable[[str], str] | None = None,
-                           batch_size: int = 64) -> np.ndarray:
+                           batch_size: int = 64, scoring: str = "letter") -> np.ndarray:
     """float32 [layers + 1, n, hidden]: every layer's residual at each prompt's last token."""
 
-    prompts = [item_prompt(it, subject_line=subject_line) for it in items]
-    if prompt_fn is not None:
-        prompts = [prompt_fn(p) for p in prompts]
+    prompts = _contexts(items, subject_line, prompt_fn, scoring)[0]
     encoded = tokenizer(prompts).input_ids
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
@@ -402,9 +405,16 @@ def answer_position_states(model: torch.nn.Module, tokenizer, items: Sequence[MC
     return torch.cat(chunks, dim=1).numpy()
 
 
+def probe_scoring(items: Sequence[MCQItem]) -> str:
+    """The prompt a probe reads: the letter prompt, which lists the choices, so the answer index is
+    visible at its last token whatever the certificate's scoring mode (under choice-text the
+    index names no position the model saw); items with a verbatim lm-eval context are read as given."""
+    return "choice-text" if any("context" in it.extra for it in items) else "letter"
+
+
 def probe_layers(model: torch.nn.Module, tokenizer, train: Sequence[MCQItem], test: Sequence[MCQItem], *,
                  C: float = 1.0, subject_line: bool = False, prompt_fn: Callable[[str], str] | None = None,
-                 batch_size: int = 64) -> ProbeResult:
+                 batch_size: int = 64, scoring: str = "letter") -> ProbeResult:
     """Per-layer multinomial logistic-regression probes: fit on `train`, accuracy on `test`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -413,9 +423,9 @@ def probe_layers(model: torch.nn.Module, tokenizer, train: Sequence[MCQItem], te
     start = time.perf_counter()
     train, test = list(train), list(test)
     x_train = answer_position_states(model, tokenizer, train, subject_line=subject_line, prompt_fn=prompt_fn,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, scoring=scoring)
     x_test = answer_position_states(model, tokenizer, test, subject_line=subject_line, prompt_fn=prompt_fn,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, scoring=scoring)
     y_train = np.array([it.answer for it in train])
     y_test = np.array([it.answer for it in test])
     accuracy = []
@@ -455,7 +465,7 @@ class RecoveryStage:
 
 
 def run_stage(models: dict, bundle: Bundle, policy, cache, *, oracle=None, prompt_fns: dict | None = None,
-              prompting: dict | None = None, truncate: str | None = None,
+              prompting: dict | None = None, truncate: str | None = None, scoring: str = "letter",
               log: Callable[[str], None] | None = None) -> RecoveryStage:
     """The relearning attack and the probes on every model of `models` (roles base, candidate) and on
     `oracle` (a LoadedModel, or None), each cached by model content, items, budget and code."""
@@ -477,17 +487,17 @@ def run_stage(models: dict, bundle: Bundle, policy, cache, *, oracle=None, promp
         fn = (prompt_fns or {}).get(role)
         inputs = {"model": model_content_sha256(m), **items, "config": config.to_dict(), "code": code,
                   "prompting": (prompting or {}).get(role), "subject_line": bundle.subject_line,
-                  "truncate": truncate, **runtime_record(m.model)}
+                  "truncate": truncate, **scoring_key(scoring), **runtime_record(m.model)}
         key = ResultCache.key("relearn", inputs)
         entry = cache.get(key, validate=_entry_check)
         if entry is None:
             log(f"relearning attack on {role} ({config.steps} steps, lr {config.lr:g}, "
                 f"{len(split.attack)} attack items, {len(split.heldout)} held out)")
             rel = relearn(m.model, m.tokenizer, split.attack, split.heldout, config, subject_line=bundle.subject_line,
-                          prompt_fn=fn, truncate=truncate)
+                          prompt_fn=fn, truncate=truncate, scoring=scoring)
             log(f"probing {role}")
             probe = probe_layers(m.model, m.tokenizer, split.attack, split.heldout, subject_line=bundle.subject_line,
-                                 prompt_fn=fn)
+                                 prompt_fn=fn, scoring=probe_scoring(split.attack))
             entry = {"relearn": rel.to_dict(), "probe": probe.to_dict()}
             cache.put(key, entry, stage="relearn", inputs=inputs)
             seconds[f"relearn[{role}]"] = round(rel.seconds, 3)

@@ -12,7 +12,10 @@ Reading order (the first screen answers "what was certified, what is the verdict
 why"): an identity block (candidate and base with digests, benchmark with digest
 and item counts, quantizers, policy thresholds, device/dtype, suite version,
 signature status, date), the overall verdict, one reason line per desideratum, the
-commands that reproduce and verify the certificate; then the charts; then, folded
+commands that reproduce and verify the certificate; then the charts (accuracy slopes and
+PTQ gap, weight diagnostics, circuit mass, and K's card: the relearning curve of base,
+candidate and oracle with chance and K's threshold, and the probe accuracy per layer;
+`recovery_view`); then, folded
 in `<details>`, the full statistics, diagnostics, per-layer tables, provenance and
 worst items.
 
@@ -44,7 +47,8 @@ from mansu_audit.certificate import (CERTIFICATE_FILE, RESULTS_FILE, Certificate
 from mansu_audit.details import details_sha256, read_details
 from mansu_audit.errors import InputError
 from mansu_audit.io import atomic_write_bytes, sha256_file
-from mansu_audit.plots import COLOURS, Interval, RefLine, bar_chart, interval_chart, series_colours, slope_chart
+from mansu_audit.plots import (COLOURS, Interval, RefLine, bar_chart, interval_chart, line_chart, series_colours,
+                               slope_chart)
 from mansu_audit.resources import bundled_data_dir, templates_dir
 
 REPORT_FILE = "index.html"
@@ -243,8 +247,9 @@ def model_identity(m: dict) -> dict:
 def runtime_of(body: dict) -> dict:
     """Device and dtype, wherever the certificate records them (None when it does not).
 
-    Schema 2 records each model's dtype in `body.unquantized.dtype`; the device, where recorded, in a
-    `runtime`/`device` record."""
+    Schema 2 records each model's dtype and device type in `body.unquantized` (`dtype`, `device`: role ->
+    value; older bodies lack `device`, which then shows as "?"); a `runtime`/`device` record is read too.
+    Roles that agree are shown once ("cpu"), roles that differ each ("base cpu, candidate cuda")."""
     out = {"device": None, "dtype": None}
     places = [body.get("runtime"), body.get("device"), body.get("environment"),
               *[(body["models"].get(r) or {}).get("runtime") for r in ("candidate", "base")],
@@ -254,9 +259,11 @@ def runtime_of(body: dict) -> dict:
             out = {"device": p.get("device"), "dtype": p.get("dtype")}
             break
     un = body.get("unquantized")
-    if isinstance(un, dict) and isinstance(un.get("dtype"), dict) and un["dtype"]:
-        kinds = sorted(set(map(str, un["dtype"].values())))
-        out["dtype"] = kinds[0] if len(kinds) == 1 else ", ".join(f"{r} {t}" for r, t in sorted(un["dtype"].items()))
+    for field in ("dtype", "device"):
+        by_role = un.get(field) if isinstance(un, dict) else None
+        if isinstance(by_role, dict) and by_role:
+            kinds = sorted(set(map(str, by_role.values())))
+            out[field] = kinds[0] if len(kinds) == 1 else ", ".join(f"{r} {t}" for r, t in sorted(by_role.items()))
     return out
 
 
@@ -335,7 +342,7 @@ def reproduce(body: dict, folder: Path) -> dict:
         if s.get("verdict") == "NOT COMPUTED" and "not computed" in (s.get("reason") or ""):
             argv += ["--cad", "skip"]
         rt = runtime_of(body)
-        if rt["device"] and rt["device"] != "cpu":
+        if rt["device"] and rt["device"] != "cpu" and " " not in rt["device"]:  # one device for both models
             argv += ["--device", str(rt["device"])]
         argv += ["--out", str(folder)]
         certify_cmd = shlex.join(argv)
@@ -602,6 +609,56 @@ def circuit_view(body: dict, sidecar: dict | None, details: dict | None) -> dict
     return view
 
 
+ROLE_SERIES = {"base": "base θ0", "candidate": "candidate θu", "oracle": "oracle"}
+
+
+def recovery_view(body: dict) -> dict | None:
+    """K's evidence from `body.recovery` (None when K was not computed): the relearning curve (held-out
+    forget accuracy per attack step) of base, candidate and oracle, the per-layer probe accuracy of each,
+    the attack budget and a row per model.
+
+    The relearning chart draws chance and K's threshold mapped onto the accuracy axis: the recovered
+    fraction (A_after − A_cand) / (A_base − A_cand) stays at or below `max_recovery` when the candidate's
+    curve ends below A_cand + max_recovery · (A_base − A_cand), both accuracies at step 0 (the line uses the
+    point values; the verdict uses the CI). Drawn only when A_base > A_cand (otherwise the fraction is
+    undefined). The probe chart draws the probe's chance (mean 1/k over its test items).
+    """
+    rec = body.get("recovery")
+    models = rec.get("models") if isinstance(rec, dict) else None
+    if not isinstance(models, dict):
+        return None
+    roles = [r for r in ROLE_SERIES if isinstance(models.get(r), dict)]
+    colours = {ROLE_SERIES[r]: COLOURS[r] for r in roles}
+    relearning = {r: models[r].get("relearning") or {} for r in roles}
+    probes = {r: models[r].get("probe") or {} for r in roles}
+    lines = [RefLine(body["chance"], "chance", "chance")]
+    k = body["desiderata"].get("K") or {}
+    t = k.get("threshold", body["policy"]["values"].get("max_recovery"))
+    a_base = relearning.get("base", {}).get("accuracy_before")
+    a_cand = relearning.get("candidate", {}).get("accuracy_before")
+    if all(isinstance(v, (int, float)) for v in (t, a_base, a_cand)) and a_base > a_cand:
+        lines.append(RefLine(a_cand + t * (a_base - a_cand), f"K: max_recovery {t:g}"))
+    curves = {ROLE_SERIES[r]: [(c.get("step"), c.get("accuracy")) for c in relearning[r].get("curve", [])]
+              for r in roles}
+    layers = {ROLE_SERIES[r]: list(enumerate(probes[r]["accuracy"])) for r in roles if probes[r].get("accuracy")}
+    chance = next((p["chance"] for p in probes.values() if isinstance(p.get("chance"), (int, float))), None)
+    rows = [{"role": ROLE_SERIES[r], "before": relearning[r].get("accuracy_before"),
+             "after": relearning[r].get("accuracy_after"), "probe_max": probes[r].get("max"),
+             "best_layer": probes[r].get("best_layer")} for r in roles]
+    oracle = ((rec.get("oracle") or {}).get("statistics") or {}).get("recovered_fraction")
+    return {"reason": reason_line("K", k, body["policy"]["values"], schema_of(body)) if k else None,
+            "split": rec.get("split") or {}, "attack": rec.get("attack") or {}, "rows": rows, "oracle_rf": oracle,
+            "colours": colours,
+            "relearn_chart": line_chart(curves, title="Relearning attack: held-out forget accuracy",
+                                        x_label="attack step", y_label="accuracy", reference_lines=lines,
+                                        colours=colours, width=460),
+            "probe_chart": None if not layers else line_chart(
+                layers, title="Linear probe accuracy per layer (held out)", x_label="layer (0 = embeddings)",
+                y_label="probe accuracy", reference_lines=[] if chance is None else [RefLine(chance, "chance",
+                                                                                               "chance")],
+                colours=colours, width=460)}
+
+
 def is_forget_list(name: str) -> bool:
     """Every worst-item list is forget-set text unless its name says retain (a new list is hidden by default)."""
     return not name.startswith(RETAIN_LISTS)
@@ -657,7 +714,7 @@ def audit_context(audit: Audit, index: int, include_forget_text: bool) -> dict:
             "ptq_chart": ptq_chart(body), "ptq_rows": ptq_rows(body), "quantizers": _quantizers(body),
             "quantizer_colours": series_colours(_quantizers(body)),
             "accuracy_rows": accuracy_rows(body), "diagnostics": diagnostics_view(audit.details),
-            "circuit": circuit_view(body, audit.sidecar, audit.details),
+            "circuit": circuit_view(body, audit.sidecar, audit.details), "recovery": recovery_view(body),
             "worst": worst_item_lists(body, audit.sidecar, include_forget_text),
             "sidecar_status": audit.sidecar_status, "provenance": provenance(audit),
             "policy": body["policy"]["values"], "splits": body["benchmark"]["splits"]}

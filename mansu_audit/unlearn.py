@@ -6,7 +6,10 @@ seed, steps, wall time, the method's diagnostics and the SHA-256 of the base
 model's and benchmark's files (so a result names exactly what it came from).
 It is written to a temporary sibling folder and renamed into place, so an
 error or interrupt never leaves a half-written checkpoint. `load_model(out)`
-(and so `certify`) reads it back.
+(and so `certify`) reads it back. A method that returns a peft model (the LoRA
+methods with `save=adapter`) gets a PEFT adapter folder instead of the model
+files (`adapter_config.json` + `adapter_model.safetensors`, its base recorded
+by `adapter_base_spec`), which `load_model` merges over that base.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from mansu_audit.api import as_bundle
 from mansu_audit.data import Bundle
 from mansu_audit.errors import InputError
 from mansu_audit.io import ordinary_permissions
-from mansu_audit.loading import LoadedModel, load_model, plan_device
+from mansu_audit.loading import BUNDLED_MODELS, LoadedModel, load_model, plan_device
+from mansu_audit.loading.hub import is_hub_id
 from mansu_audit.registry import get_method
 
 RECORD_NAME = "unlearn.json"
@@ -70,6 +74,22 @@ def _record(result, method, loaded: LoadedModel, bundle: Bundle, device: torch.d
     }
 
 
+def is_adapter_model(model: torch.nn.Module) -> bool:
+    """A peft model (LoRA methods with `save=adapter`): saved as an adapter folder, not a full checkpoint."""
+    return isinstance(getattr(model, "peft_config", None), dict) and hasattr(model, "merge_and_unload")
+
+
+def adapter_base_spec(loaded: LoadedModel) -> str:
+    """What an adapter folder's `base_model_name_or_path` records so `load_model` finds the base again:
+    a bundled name or hub id as given, else the base folder's absolute path."""
+    if loaded.name in BUNDLED_MODELS or is_hub_id(loaded.name):
+        return loaded.name
+    if loaded.path is None:
+        raise InputError(f"base model '{loaded.name}' was built in memory, so an adapter folder could not name it; "
+                         "load the base from a folder or use --set save=merged")
+    return str(Path(loaded.path).resolve())
+
+
 def write_checkpoint(out: str | Path, model: torch.nn.Module, tokenizer, record: dict) -> Path:
     """Atomically write model (safetensors), tokenizer and `unlearn.json` to `out` (new or empty folder)."""
     out = Path(out)
@@ -104,6 +124,8 @@ def unlearn(method: str | type | Any, model: str | Path | LoadedModel, benchmark
     if out is not None:
         _check_out(Path(out))
     loaded = load_model(model)
+    if out is not None and getattr(settings, "save", None) == "adapter":
+        adapter_base_spec(loaded)  # refuse an unnameable base before training, not after
     bundle = as_bundle(benchmark)
     dev = plan_device(device).torch_device  # None/'auto': CUDA, then MPS, then CPU
     context = UnlearnContext(loaded.model, loaded.tokenizer, bundle, seed=seed, device=dev, progress=progress)
@@ -115,5 +137,7 @@ def unlearn(method: str | type | Any, model: str | Path | LoadedModel, benchmark
     result.seed = seed
     if out is not None:
         result.model.to("cpu")
+        if is_adapter_model(result.model):
+            result.model.peft_config["default"].base_model_name_or_path = adapter_base_spec(loaded)
         write_checkpoint(out, result.model, loaded.tokenizer, _record(result, instance, loaded, bundle, dev))
     return result

@@ -12,8 +12,13 @@ not finite is INCONCLUSIVE.
 
 F (meaningful forgetting): D_F = A_f(θ0) − A_f(θu), PASS if low >= `min_forget_drop`.
   *Below chance is knowledge* (flagged in F, not K): a candidate whose forget
-  accuracy's upper CI bound is below chance avoids the right answer more often than
-  a guesser would, so it still identifies it. F is where the evidence lives (the
+  accuracy's upper CI bound is below chance by more than `chance_margin` avoids the
+  right answer more often than a guesser would, so it still identifies it. The
+  margin: the item bootstrap treats items as independent, but items about one entity
+  share its name in the prompt and answers come from one value pool, so a model that
+  never knew the facts can sit a few points under 1/k: the bundled oracle under
+  choice-text scoring answers 0.186 [0.150, 0.224] (its empty-context prior: 0.250),
+  while the suppressed model of the verdict panel answers 0.005. F is where the evidence lives (the
   same forget_eval vector D_F is computed from, available in every certificate,
   while K exists only when the relearning attack ran), and F's claim, "the
   knowledge is gone", is what such a model contradicts. The finding
@@ -332,11 +337,11 @@ def guard_findings(forget: SplitItems, retain: SplitItems, forget_stats: Mapping
                 out.append(GuardFinding("degenerate_outputs", target, FAIL,
                                         f"over-unlearning ({key}): degenerate outputs: {finding}", key, scope))
         f_acc = forget_stats[f"acc[{key}]"]
-        if rules >= 2 and np.isfinite(f_acc.high) and f_acc.high < forget.chance:
+        if rules >= 2 and np.isfinite(f_acc.high) and f_acc.high < forget.chance - policy.chance_margin:
             out.append(GuardFinding("below_chance", target, FAIL,
                                     f"below chance ({key}): forget accuracy {_fmt_ci(f_acc)} is wholly below chance "
-                                    f"{forget.chance:.2f}: the model still identifies the right answer by avoiding it",
-                                    key, "self"))
+                                    f"{forget.chance:.2f} - {policy.chance_margin:.2f}: the model still identifies "
+                                    f"the right answer by avoiding it", key, "self"))
     return out
 
 

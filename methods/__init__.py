@@ -20,7 +20,8 @@ from mansu_audit.registry import METHODS, available_methods, get_method, load_me
 
 ENTRY_POINT_GROUP = METHODS.group
 BUILTIN = {"ga": "ga", "surgical-ga": "surgical_ga", "graddiff": "graddiff", "npo": "npo", "simnpo": "simnpo",
-           "rmu": "rmu", "sure": "sure", "gu-simnpo": "gu_simnpo", "lunar": "lunar", "mansu": "mansu"}
+           "rmu": "rmu", "sure": "sure", "gu-simnpo": "gu_simnpo", "lunar": "lunar", "mansu": "mansu",
+           "lora-ga": "lora_ga", "lora-npo": "lora_npo", "saf": "saf"}
 OPEN_UNLEARNING = {"GradAscent": "ga", "GradDiff": "graddiff", "NPO": "npo", "SimNPO": "simnpo", "RMU": "rmu"}
 
 register_method = METHODS.register

@@ -68,7 +68,8 @@ def run(out: Path, work: Path, bases: tuple[str, ...], methods: tuple[str, ...],
             folder = work / base / (label or "methods").replace(" ", "_").replace("=", "-")
             start = time.perf_counter()
             result = run_matrix(job_methods, QUANTIZERS, (SEED,), folder, base=base, cache=cache,
-                                overrides=overrides, progress=True, title=f"{base}: {label or 'all methods'}")
+                                overrides=overrides, progress=True, title=f"{base}: {label or 'all methods'}",
+                                overwrite=True)
             print(f"[experiment] {base} {label or 'methods'}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
             for cell in result.results["cells"]:
                 details = json.loads((folder / cell["folder"] / "details.json").read_text(encoding="utf-8"))

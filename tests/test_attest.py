@@ -19,7 +19,7 @@ from mansu_audit.certificate import body_sha256
 from mansu_audit.cli import main
 from mansu_audit.loading import model_from_objects
 from mansu_audit.policy import Policy
-from test_cache import small_bundle
+from conftest import small_bundle
 
 certify_module = importlib.import_module("mansu_audit.certify")
 FAST = Policy(bootstrap_replicates=200)

@@ -13,22 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_bundle
 from mansu_audit.cli import main
-from mansu_audit.data import BUNDLED_DATA
 
-SRC = BUNDLED_DATA / "synthhazard"
 N = 4  # items per split in the bundle copies
 
 
 def make_bundle(root: Path) -> Path:
     """A copy of synthhazard with N items per split (every split the manifest names)."""
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((SRC / "manifest.json").read_text())
-    for spec in manifest["splits"].values():
-        lines = (SRC / spec["path"]).read_text().splitlines()[:N]
-        (root / spec["path"]).write_text("\n".join(lines) + "\n")
-        spec["n"] = len(lines)
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    small_bundle(root, n=N, keep_attack=True)
     return root
 
 

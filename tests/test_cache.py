@@ -4,45 +4,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import small_bundle, tiny_llama
 from mansu_audit.cache import (CACHE_ENV, NoCache, ResultCache, default_cache_dir, state_dict_sha256,
                                tokenizer_sha256)
-from mansu_audit.data import BUNDLED_DATA, load_bundle
 from mansu_audit.errors import InputError
 from mansu_audit.loading import model_from_objects
 from mansu_audit.policy import Policy
 
 certify_module = importlib.import_module("mansu_audit.certify")  # the module (mansu_audit.certify is the function)
 FAST = Policy(bootstrap_replicates=500)
-
-
-def small_bundle(root, n=24, edit_retain_question=False, keep_attack=False):
-    """A copy of synthhazard with `n` items per MCQ split (fast tests); optionally one retain question edited.
-
-    Without `keep_attack` the copy has no `forget_attack` split, so `certify(relearn="auto")` does not
-    run the relearning attack (K is NOT COMPUTED): the tests that use this fixture stay fast, and K has
-    its own tests (tests/test_recovery.py, tests/test_verdict_panel.py)."""
-    src = BUNDLED_DATA / "synthhazard"
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((src / "manifest.json").read_text())
-    if not keep_attack:
-        manifest["splits"].pop("forget_attack", None)
-    for name, spec in manifest["splits"].items():
-        lines = (src / spec["path"]).read_text().splitlines()[:n]
-        if edit_retain_question and name == "retain_eval":
-            first = json.loads(lines[0])
-            first["question"] = first["question"] + " (edited)"
-            lines[0] = json.dumps(first)
-        (root / spec["path"]).write_text("\n".join(lines) + "\n")
-        spec["n"] = len(lines)
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return load_bundle(root)
 
 
 class CountingEvaluator:

@@ -118,10 +118,11 @@ def test_cad_cli_json_with_a_quantizer(tmp_path, model, ref_tokenizer, capsys):
     ref_tokenizer.save_pretrained(cand_dir)
     capsys.readouterr()
     rc = main(["cad", "--base", str(base_dir), "--candidate", str(cand_dir), "--steps", "1", "--bootstrap", "200",
-               "--circuit-frac", "0.05", "--quantizers", "nf4", "--json"])
+               "--circuit-frac", "0.05", "--quantizers", "fp32,nf4", "--json"])  # fp32: the unquantized alias
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["results"]) == {"fp32", "nf4"}
-    fp32 = out["results"]["fp32"]["cad"]
-    assert fp32["low"] <= fp32["point"] <= fp32["high"] and fp32["B"] == 200
+    assert set(out["results"]) == {"unquantized", "nf4"}
+    assert out["unquantized"]["dtype"] == {"base": "float32", "candidate": "float32"}
+    unquantized = out["results"]["unquantized"]["cad"]
+    assert unquantized["low"] <= unquantized["point"] <= unquantized["high"] and unquantized["B"] == 200
     assert main(["cad", "--base", str(base_dir), "--candidate", str(cand_dir), "--quantizers", "nope"]) == 2

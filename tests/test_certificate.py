@@ -5,22 +5,17 @@ import json
 
 import pytest
 
-from conftest import tiny_llama
+from conftest import save_tiny_pair
 from mansu_audit.certificate import (Certificate, body_sha256, read_certificate, schema_errors,
                                      verify_certificate)
 from mansu_audit.cli import main
 from mansu_audit.errors import InputError
-from test_cache import small_bundle
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, ref_tokenizer):
     """Tiny base and candidate saved as safetensors folders, a small bundle and a policy file."""
-    root = tmp_path_factory.mktemp("cert")
-    for name, seed in (("base", 0), ("cand", 1)):
-        tiny_llama(len(ref_tokenizer), seed=seed, hidden=32, intermediate=64).save_pretrained(root / name)
-        ref_tokenizer.save_pretrained(root / name)
-    small_bundle(root / "bundle")
+    root = save_tiny_pair(tmp_path_factory.mktemp("cert"), ref_tokenizer)
     (root / "policy.yaml").write_text("bootstrap_replicates: 500\nseed: 3\n")
     return root
 

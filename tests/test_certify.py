@@ -16,7 +16,7 @@ from mansu_audit.errors import InputError
 from mansu_audit.loading import LoadedModel, model_from_objects
 from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate
-from test_cache import small_bundle
+from conftest import small_bundle
 
 certify_module = importlib.import_module("mansu_audit.certify")
 FAST = Policy(bootstrap_replicates=500)
@@ -236,9 +236,11 @@ def test_cli_loading_options_reach_the_evaluation(capsys):
     import json
 
     code = main(["evaluate", "--model", "reference", "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "7",
-                 "--chat-template", "off", "--bootstrap", "200", "--json"])
+                 "--chat-template", "off", "--bootstrap", "200", "--quantizers", "fp32", "--json"])  # fp32: an alias
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["prompting"] == {"mode": "off", "applied": False, "template_sha256": None}
+    assert set(out["results"]) == {"unquantized"}  # named by what it is, its dtype beside it
+    assert out["prompting"] == {"mode": "off", "applied": False, "template_sha256": None,
+                                 "scoring": "letter"}
     assert out["dtype"] == "bfloat16" and out["batch_size"] == 7
-    assert out["results"]["fp32"]["forget_eval"]["accuracy"] > 0.9  # the memorised facts survive bf16
+    assert out["results"]["unquantized"]["forget_eval"]["accuracy"] > 0.9  # the memorised facts survive bf16

@@ -22,14 +22,6 @@ from mansu_audit.prompts import chat_prompt_fn, item_prompt
 DOWN = "model.layers.1.mlp.down_proj.weight"
 
 
-@pytest.fixture()
-def tiny_dir(tmp_path, ref_tokenizer):
-    d = tmp_path / "tiny"
-    tiny_llama(len(ref_tokenizer)).save_pretrained(str(d), safe_serialization=True)
-    ref_tokenizer.save_pretrained(str(d))
-    return d
-
-
 def _edit_weights(folder, edit):
     state = load_file(str(folder / "model.safetensors"))
     edit(state)
@@ -332,7 +324,7 @@ def test_fresh_copy_leaves_the_input_config_alone(tiny_model):
 
 
 def test_certify_refuses_or_truncates_and_records(tmp_path, ref_tokenizer):
-    from test_cache import small_bundle
+    from conftest import small_bundle
 
     from mansu_audit.cache import NoCache
     from mansu_audit.certify import certify

@@ -209,7 +209,7 @@ def test_wmdp_bundle_evaluates_with_lm_eval_subject_line(ref_tokenizer, tmp_path
     assert bundle.subject_line and bundle.manifest["prompt"] == {"subject_line": True}
     model = model_from_objects(tiny_llama(len(ref_tokenizer), seed=3, hidden=32, intermediate=64, positions=256),
                                ref_tokenizer, "t")  # WMDP prompts with the subject line exceed 128 tokens
-    got = evaluate(model, bundle, splits=("forget_eval",), B=100).scores["fp32"]["forget_eval"].result
+    got = evaluate(model, bundle, splits=("forget_eval",), B=100).scores["unquantized"]["forget_eval"].result
     items = bundle.split("forget_eval")
     with_subject = evaluate_mcq(model.model, ref_tokenizer, items, subject_line=True)
     without = evaluate_mcq(model.model, ref_tokenizer, items)

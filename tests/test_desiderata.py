@@ -170,21 +170,13 @@ def test_policy_file_overrides_and_rejects(tmp_path):
     assert (pol.min_forget_drop, pol.bootstrap_replicates, pol.seed, pol.ci_method) == (0.2, 2000, 7, "bca")
     assert pol.max_retain_drop == Policy().max_retain_drop
     assert pol.sha256() != Policy().sha256()
-    p.write_text("seed: 1\nmin_forget_drp: 0.2\n")
-    with pytest.raises(InputError, match=r"policy.yaml:2: unknown policy key 'min_forget_drp'"):
-        load_policy(p)
-    p.write_text("level: 1.5\n")
-    with pytest.raises(InputError, match="'level': must be between"):
-        load_policy(p)
-    p.write_text("bootstrap_replicates: many\n")
-    with pytest.raises(InputError, match="must be an integer"):
-        load_policy(p)
-    p.write_text("ci_method: normal\n")
-    with pytest.raises(InputError, match="ci_method"):
-        load_policy(p)
-    p.write_text("- a\n- b\n")
-    with pytest.raises(InputError, match="mapping"):
-        load_policy(p)
+    for text, message in (("seed: 1\nmin_forget_drp: 0.2\n", r"policy.yaml:2: unknown policy key 'min_forget_drp'"),
+                          ("level: 1.5\n", "'level': must be between"),
+                          ("bootstrap_replicates: many\n", "must be an integer"),
+                          ("ci_method: normal\n", "ci_method"), ("- a\n- b\n", "mapping")):
+        p.write_text(text)
+        with pytest.raises(InputError, match=message):
+            load_policy(p)
     with pytest.raises(InputError, match="not found"):
         load_policy(tmp_path / "missing.yaml")
 
@@ -287,6 +279,16 @@ def test_below_chance_forget_accuracy_fails_f():
     assert a.verdicts["F"].verdict == FAIL and "below chance" in a.verdicts["F"].reason
     assert a.verdicts["R"].verdict == PASS  # scope 'self': R is not touched
     assert a.overall == FAIL
+
+
+def test_a_few_points_under_chance_is_not_knowledge():
+    """Within `chance_margin` of chance (the oracle under choice-text scoring: 0.186 [0.150, 0.224]) no finding."""
+    n = 420
+    base = exact(n, 400)
+    cand = exact(n, 84)  # 0.200: upper CI ~0.24 < 0.25, but not below 0.25 - 0.05
+    a = assess(*panel(base, cand, cand), ["nf4"], FAST)
+    assert "below_chance" not in {g.code for g in a.guard}
+    assert a.verdicts["F"].verdict == PASS
 
 
 def test_s_requires_the_circuit_to_beat_the_random_control():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import tiny_llama
+from conftest import forge, save_tiny_pair
 from mansu_audit.cache import NoCache
 from mansu_audit.certificate import body_sha256
 from mansu_audit.certify import certify
@@ -21,7 +21,6 @@ from mansu_audit.policy import Policy
 from mansu_audit.rederive import rederive
 from mansu_audit.stats import Estimate
 from mansu_audit.verdicts import GuardFinding, decide
-from test_cache import small_bundle
 
 POLICY = Policy(bootstrap_replicates=300, seed=5)
 
@@ -43,24 +42,10 @@ def cad_hook(base, candidate, bundle, policy):
 
 @pytest.fixture(scope="module")
 def certified(tmp_path_factory, ref_tokenizer):
-    root = tmp_path_factory.mktemp("forge")
-    for name, seed in (("base", 0), ("cand", 1)):
-        tiny_llama(len(ref_tokenizer), seed=seed, hidden=32, intermediate=64).save_pretrained(root / name)
-        ref_tokenizer.save_pretrained(root / name)
-    small_bundle(root / "bundle")
+    root = save_tiny_pair(tmp_path_factory.mktemp("forge"), ref_tokenizer)
     certify(root / "base", root / "cand", root / "bundle", quantizers=("int8",),
             policy=POLICY, cad=cad_hook, cache=NoCache(), out=root / "out")
     return root / "out" / "certificate.json"
-
-
-def forge(path, edit, tmp_path):
-    """Apply `edit` to a copy of the body, recompute body_sha256 as the suite does, write it beside."""
-    doc = json.loads(path.read_text())
-    edit(doc["body"])
-    doc["body_sha256"] = body_sha256(doc["body"])
-    out = tmp_path / "forged.json"
-    out.write_text(json.dumps(doc))
-    return out, doc["body"]
 
 
 def test_an_honest_certificate_rederives_exactly(certified, capsys):

@@ -27,9 +27,31 @@ metric_list:
     higher_is_better: true
 """
 
+# The choice-text formulation: the item's cloze as the context, each choice's text scored after " ".
+CLOZE_YAML = """task: mansu_parity
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{cloze}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
 
-def run_lm_eval(model, tokenizer, items, tmp_path, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, float]:
-    """lm-eval's own predictions (argmax of per-choice log-likelihoods) for `items`, in order."""
+
+def run_lm_eval(model, tokenizer, items, tmp_path, batch_size: int = 16, yaml: str = TASK_YAML,
+                samples_out: list | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """lm-eval's own predictions (argmax of per-choice log-likelihoods) for `items`, in order
+    (`samples_out` receives lm-eval's per-item samples)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -39,13 +61,15 @@ def run_lm_eval(model, tokenizer, items, tmp_path, batch_size: int = 16) -> tupl
     with data.open("w") as fh:
         for i, it in enumerate(items):
             fh.write(json.dumps({"idx": i, "question": it.question, "choices": list(it.choices),
-                                 "answer": it.answer}) + "\n")
-    (tmp_path / "mansu_parity.yaml").write_text(TASK_YAML.format(data=data))
+                                 "answer": it.answer, "cloze": it.extra.get("cloze")}) + "\n")
+    (tmp_path / "mansu_parity.yaml").write_text(yaml.format(data=data))
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
     out = lm_eval.simple_evaluate(model=lm, tasks=["mansu_parity"], task_manager=TaskManager(include_path=str(tmp_path)),
                                   log_samples=True, num_fewshot=0, random_seed=0, numpy_random_seed=0,
                                   torch_random_seed=0, fewshot_random_seed=0)
     samples = sorted(out["samples"]["mansu_parity"], key=lambda s: s["doc"]["idx"])
+    if samples_out is not None:
+        samples_out.extend(samples)
     lls = np.array([[r[0] for r in s["filtered_resps"]] for s in samples], dtype=np.float64)
     return lls.argmax(1), lls, out["results"]["mansu_parity"]["acc,none"]
 
@@ -68,3 +92,22 @@ def test_parity_with_reference_model(tmp_path, bundle, reference):
     preds, _, acc = run_lm_eval(reference.model, reference.tokenizer, items, tmp_path)
     np.testing.assert_array_equal(ours.predictions, preds)
     assert ours.accuracy == pytest.approx(acc)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "reference"])
+def test_choice_text_scoring_equals_lm_eval_acc_and_acc_norm(tmp_path, bundle, ref_tokenizer, reference, model_name):
+    """--scoring choice-text / choice-text-norm: per item, lm-eval's acc / acc_norm on the same cloze task."""
+    model, tokenizer = ((tiny_llama(len(ref_tokenizer), seed=3), ref_tokenizer) if model_name == "tiny"
+                        else (reference.model, reference.tokenizer))
+    items = bundle.split("forget_eval")[:40] + bundle.split("retain_eval")[:40]
+    samples: list = []
+    _, lls, _ = run_lm_eval(model, tokenizer, items, tmp_path, yaml=CLOZE_YAML, samples_out=samples)
+    acc = np.array([s["acc"] for s in samples])
+    acc_norm = np.array([s["acc_norm"] for s in samples])
+    plain = evaluate_mcq(model, tokenizer, items, batch_size=32, scoring="choice-text")
+    norm = evaluate_mcq(model, tokenizer, items, batch_size=32, scoring="choice-text-norm")
+    np.testing.assert_allclose(plain.logprobs, lls, atol=2e-4)
+    np.testing.assert_array_equal(plain.correct.astype(float), acc)
+    np.testing.assert_array_equal(norm.correct.astype(float), acc_norm)
+    if model_name == "reference":  # the cloze formulation reaches the facts the letter one only memorised
+        assert plain.accuracy > 0.8

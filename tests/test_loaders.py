@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_llama
+from conftest import tiny_llama, write_gguf
 from mansu_audit.cli import main
 from mansu_audit.errors import InputError
 from mansu_audit.evaluate import evaluate_mcq
@@ -303,83 +303,15 @@ def test_chat_template_prompting(tiny_model, ref_tokenizer, bundle):
         chat_prompt_fn(tok, "yes")
 
 
-def _permute(x, n_head):
-    """llama.cpp's q/k row order (convert_hf_to_gguf.py), which transformers undoes on load."""
-    return x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
-
-
-def _unpermute(x, n_head):
-    return x.reshape(n_head, x.shape[0] // n_head // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
-
-
-def write_tiny_gguf(path, model, tokenizer_json):
-    """A llama GGUF (Q8_0 linears, F32 rest, byte-level BPE tokenizer); returns the expected dequantized weights."""
-    import numpy as np
-
-    gguf = pytest.importorskip("gguf")
-    cfg = model.config
-    t = json.loads(tokenizer_json.read_text())
-    tokens = [k for k, _ in sorted(t["model"]["vocab"].items(), key=lambda kv: kv[1])]
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if i < 3 else 1 for i in range(len(tokens))])
-    w.add_token_merges([" ".join(m) for m in t["model"]["merges"]])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    w.add_pad_token_id(2)
-    w.add_add_bos_token(True)
-    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    expected = {}
-
-    def add(gguf_name, hf_name, arr, n_head=None):
-        if n_head is None and arr.ndim == 1 or hf_name in ("model.embed_tokens.weight", "lm_head.weight"):
-            w.add_tensor(gguf_name, arr)
-            expected[hf_name] = arr
-            return
-        stored = _permute(arr, n_head) if n_head else arr
-        q = gguf.quants.quantize(stored, gguf.GGMLQuantizationType.Q8_0)
-        w.add_tensor(gguf_name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        deq = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)
-        expected[hf_name] = _unpermute(deq, n_head) if n_head else deq
-
-    add("token_embd.weight", "model.embed_tokens.weight", sd["model.embed_tokens.weight"])
-    add("output_norm.weight", "model.norm.weight", sd["model.norm.weight"])
-    add("output.weight", "lm_head.weight", sd["lm_head.weight"])
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down"}
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        add(f"blk.{i}.attn_norm.weight", p + "input_layernorm.weight", sd[p + "input_layernorm.weight"])
-        add(f"blk.{i}.ffn_norm.weight", p + "post_attention_layernorm.weight",
-            sd[p + "post_attention_layernorm.weight"])
-        for hf, gg in names.items():
-            heads = {"self_attn.q_proj": cfg.num_attention_heads, "self_attn.k_proj": cfg.num_key_value_heads}
-            add(f"blk.{i}.{gg}.weight", f"{p}{hf}.weight", sd[f"{p}{hf}.weight"], heads.get(hf, 0) or None)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in expected.items()}
-
-
 def test_gguf_file_is_dequantized_exactly(tmp_path, ref_tokenizer):
     pytest.importorskip("accelerate")
     from conftest import REFERENCE_DIR
 
     source = tiny_llama(len(ref_tokenizer), seed=5)
-    expected = write_tiny_gguf(tmp_path / "tiny.gguf", source, REFERENCE_DIR / "tokenizer.json")
+    gguf = pytest.importorskip("gguf")
+    f32, q8 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.Q8_0
+    expected = write_gguf(tmp_path / "tiny.gguf", source, lambda name, arr: f32 if arr.ndim == 1 or name in (
+        "token_embd.weight", "output.weight") else q8, "MOSTLY_Q8_0", REFERENCE_DIR / "tokenizer.json")
     loaded = load_model(tmp_path / "tiny.gguf")
     assert loaded.notes[0] == "dequantized from GGUF Q8_0 (Q8_0×14, F32×7)"
     assert set(loaded.files) == {"tiny.gguf"} and len(loaded.file_hashes()["tiny.gguf"]) == 64
@@ -421,7 +353,7 @@ def test_embedding_lora_and_modules_to_save(tmp_path, base_dir):
 
 def test_verify_an_adapter_certificate(tmp_path, base_dir):
     """`verify` rebuilds an adapter's file map (base/ + adapter/) and names the file that changed."""
-    from test_cache import small_bundle
+    from conftest import small_bundle
 
     from mansu_audit.cache import NoCache
     from mansu_audit.certificate import verify_certificate

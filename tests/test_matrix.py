@@ -15,7 +15,7 @@ from mansu_audit.cli import main
 from mansu_audit.errors import InputError
 from mansu_audit.loading import model_from_objects
 from mansu_audit.policy import Policy
-from test_cache import small_bundle
+from conftest import small_bundle
 
 FAST = Policy(bootstrap_replicates=200)
 
@@ -51,6 +51,38 @@ def test_pooled_point_is_the_mean_of_seed_points(bodies):
     assert pooled["verdicts"]["S"] == "NOT COMPUTED" and pooled["verdict"] != "PASS"
     # random tiny models trip the over-unlearning guard, so nothing pooled may PASS
     assert bodies[0]["guard"] and "PASS" not in pooled["verdicts"].values()
+
+
+def test_certification_rate_counts_seeds_passing_f_r_and_q():
+    seeds = [{"F": "PASS", "R": "PASS", "Q[nf4]": "PASS", "Q[int8]": "PASS", "S": "FAIL"},
+             {"F": "PASS", "R": "PASS", "Q[nf4]": "FAIL", "Q[int8]": "PASS"},
+             {"F": "PASS", "R": "INCONCLUSIVE", "Q[nf4]": "PASS", "Q[int8]": "PASS"}]
+    rate = matrix.certification_rate(seeds, ["nf4", "int8"])
+    assert rate["per_quantizer"] == {"nf4": {"k": 1, "n": 3, "rate": pytest.approx(1 / 3)},
+                                     "int8": {"k": 2, "n": 3, "rate": pytest.approx(2 / 3)}}
+    assert rate["all_quantizers"]["k"] == 1 and rate["requires"] == ["F", "R", "Q[q]"]
+    assert matrix.cert_rate_text(rate) == "nf4 1/3 seeds, int8 2/3 seeds; every quantizer 1/3 seeds"
+
+
+def test_pooled_result_carries_the_seeds_certification_rate(bodies):
+    pooled = matrix.pool_seeds(bodies)
+    expect = sum(all(b["desiderata"][d]["verdict"] == "PASS" for d in ("F", "R", "Q[int8]")) for b in bodies)
+    assert pooled["cert_rate"]["per_quantizer"]["int8"] == {"k": expect, "n": 2, "rate": expect / 2}
+    results = {**_results([]), "quantizers": ["int8"], "pooled": {"ga": pooled}}
+    assert f"ga certified (F, R, Q[q] PASS) in int8 {expect}/2 seeds" in matrix.format_matrix_table(results)
+
+
+def test_baseline_gate_names_a_fallen_certification_rate():
+    def pooled(k):
+        rate = {"k": k, "n": 3, "rate": k / 3}
+        return {"ga": {"n_seeds": 3, "verdict": "FAIL", "verdicts": {}, "statistics": {}, "guard": [],
+                       "cert_rate": {"requires": ["F", "R", "Q[q]"], "per_quantizer": {"nf4": rate},
+                                     "all_quantizers": rate}}}
+
+    assert matrix.compare_to_baseline(_results([], pooled(2)), _results([], pooled(2)), {"default": 0.02}) == []
+    assert matrix.compare_to_baseline(_results([], pooled(3)), _results([], pooled(2)), {"default": 0.02}) == []
+    assert matrix.compare_to_baseline(_results([], pooled(1)), _results([], pooled(2)), {"default": 0.02}) == [
+        "ga pooled: certification rate at nf4 fell 2/3 -> 1/3 seeds"]
 
 
 def _results(cells, pooled=None):
@@ -133,6 +165,8 @@ def test_grid_runs_caches_resumes_and_gates_on_baseline(tiny_base_dir, tmp_path,
         assert json.loads((folder / "details.json").read_text())["run"]["seed"] == c["seed"]
     html = (out / "matrix.html").read_text()
     assert "ga pooled (2 seeds)" in html and "npo seed 1" in html
+    rate = results["pooled"]["ga"]["cert_rate"]["per_quantizer"]["nf4"]
+    assert rate["n"] == 2 and f"PASS in {rate['k']} of 2 seeds" in html
     assert (out / "index.html").read_text().count('class="audit"') == 4
     first = (out / "matrix.json").read_bytes()
 
@@ -144,6 +178,9 @@ def test_grid_runs_caches_resumes_and_gates_on_baseline(tiny_base_dir, tmp_path,
     monkeypatch.setattr(matrix, "unlearn", lambda *a, **k: pytest.fail("retrained despite the cache"))
     monkeypatch.setattr(certify_module, "evaluate_mcq", lambda *a, **k: pytest.fail("re-evaluated despite the cache"))
     capsys.readouterr()
+    assert main(argv + ["--baseline", str(tmp_path / "baseline.json")]) == 2  # OUT is not empty
+    assert "pass --overwrite" in capsys.readouterr().err
+    argv.append("--overwrite")
     assert main(argv + ["--baseline", str(tmp_path / "baseline.json")]) == 0
     assert "no regression" in capsys.readouterr().out
     assert (out / "matrix.json").read_bytes() == first  # deterministic
@@ -176,7 +213,7 @@ def test_matrix_refuses_bad_input_before_running(tmp_path, capsys):
 
 def test_checkpoint_store_follows_the_cache(tmp_path):
     assert matrix.checkpoint_store(ResultCache(tmp_path / "c"), tmp_path / "o") == tmp_path / "c" / "checkpoints"
-    assert matrix.checkpoint_store(NoCache(), tmp_path / "o") == tmp_path / "o" / ".checkpoints"
+    assert matrix.checkpoint_store(NoCache(), tmp_path / "o") == tmp_path / ".o.checkpoints"  # OUT is replaced whole
 
 
 @pytest.mark.slow
@@ -200,7 +237,7 @@ def test_demo_on_the_reference_model(reference, tmp_path, capsys):
     html = (out / "index.html").read_text()
     assert html.index("ga (seed 0)") < html.index("rmu (seed 0)") and html.count('class="audit"') == 2
     # a second demo into the same folder replaces the first (cached: no retraining)
-    assert main(["demo", "--out", str(out), "--methods", "ga", "--quantizers", "int8",
+    assert main(["demo", "--out", str(out), "--methods", "ga", "--quantizers", "int8", "--overwrite",
                  "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     assert not (out / "rmu").exists() and (out / "index.html").read_text().count('class="audit"') == 1
     (tmp_path / "other").mkdir()

@@ -2,23 +2,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from mansu_audit.errors import InputError
 from mansu_audit.loading import load_model
-
-from conftest import tiny_llama
-
-
-@pytest.fixture()
-def tiny_dir(tmp_path, ref_tokenizer):
-    d = tmp_path / "tiny"
-    tiny_llama(len(ref_tokenizer)).save_pretrained(str(d), safe_serialization=True)
-    ref_tokenizer.save_pretrained(str(d))
-    return d
 
 
 def test_round_trip_hashes_files(tiny_dir):

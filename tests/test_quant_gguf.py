@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_gguf
 from mansu_audit.errors import InputError
 from mansu_audit.quantizers import get_quantizer, quantizable_linears, quantize_model, weight_quantizer
 from mansu_audit.quantizers.walk import linear_weight
@@ -140,67 +141,6 @@ def test_missing_extra_is_one_line(monkeypatch):
 
 
 # ---------------------------------------------------------------------- artifacts
-
-
-def _permute(x, n_head):
-    """llama.cpp's q/k row order (convert_hf_to_gguf.py), which transformers undoes on load."""
-    return x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
-
-
-def write_gguf(path, model, type_of, file_type="MOSTLY_Q4_0", tokenizer_json=None):
-    """A llama GGUF of `model` as llama.cpp lays it out; `type_of(gguf_name, array)` -> GGMLQuantizationType
-    (F32 or a type gguf-py can quantize) or raw (bytes, type) for types it only dequantizes."""
-    cfg = model.config
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_file_type(getattr(gguf.LlamaFileType, file_type))
-    w.add_vocab_size(cfg.vocab_size)
-    if tokenizer_json is not None:  # a complete file (llama.cpp tools and transformers' tokenizer read it)
-        t = json.loads(tokenizer_json.read_text())
-        tokens = [k for k, _ in sorted(t["model"]["vocab"].items(), key=lambda kv: kv[1])]
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
-        w.add_token_list(tokens)
-        w.add_token_types([3 if i < 3 else 1 for i in range(len(tokens))])
-        w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in t["model"]["merges"]])
-        w.add_bos_token_id(0)
-        w.add_eos_token_id(1)
-        w.add_pad_token_id(2)
-    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    tensors = [("token_embd.weight", sd["model.embed_tokens.weight"]), ("output_norm.weight", sd["model.norm.weight"])]
-    if "lm_head.weight" in sd and not cfg.tie_word_embeddings:
-        tensors.append(("output.weight", sd["lm_head.weight"]))
-    for i in range(cfg.num_hidden_layers):
-        for hf, gg in names.items():
-            arr = sd[f"model.layers.{i}.{hf}.weight"]
-            if hf == "self_attn.q_proj":
-                arr = _permute(arr, cfg.num_attention_heads)
-            elif hf == "self_attn.k_proj":
-                arr = _permute(arr, cfg.num_key_value_heads)
-            tensors.append((f"blk.{i}.{gg}.weight", arr))
-    for name, arr in tensors:
-        choice = type_of(name, arr)
-        if isinstance(choice, tuple):
-            raw, qt = choice
-            w.add_tensor(name, raw, raw_dtype=qt)
-        elif choice == gguf.GGMLQuantizationType.F32:
-            w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(arr, choice), raw_dtype=choice)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 def _like_llama_cpp(qtype):

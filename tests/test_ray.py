@@ -133,7 +133,7 @@ def _policy():
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """synthhazard cut to 12 items per split (CAD and diagnostics dominate a cell; they scale with the items)."""
-    from test_cache import small_bundle
+    from conftest import small_bundle
 
     root = tmp_path_factory.mktemp("bundle") / "small"
     small_bundle(root, n=12)

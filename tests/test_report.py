@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_llama
+from conftest import small_bundle, tiny_llama
 from mansu_audit.cache import NoCache
 from mansu_audit.certify import certify
 from mansu_audit.cli import main
-from mansu_audit.data import BUNDLED_DATA, load_bundle
+from mansu_audit.data import load_bundle
 from mansu_audit.details import circuit_mass_per_layer, compute_details, write_details
 from mansu_audit.errors import InputError
 from mansu_audit.loading import model_from_objects
-from mansu_audit.plots import Interval, RefLine, bar_chart, interval_chart, slope_chart
+from mansu_audit.plots import Interval, RefLine, bar_chart, interval_chart, line_chart, slope_chart
 from mansu_audit.policy import Policy
-from mansu_audit.report import files_digest, reason_line, render_report, reproduce, unquantized_name
+from mansu_audit.report import files_digest, reason_line, recovery_view, render_report, reproduce, unquantized_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<script>alert('pwned')</script>"
@@ -33,21 +33,17 @@ QUANTIZERS = ("nf4", "int8")
 
 
 def hostile_bundle(root: Path, n: int = 16):
-    """synthhazard cut to n items per split, every eval question and first choice carrying HTML payloads."""
-    src = BUNDLED_DATA / "synthhazard"
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((src / "manifest.json").read_text())
-    for name, spec in manifest["splits"].items():
-        lines = (src / spec["path"]).read_text().splitlines()[:n]
-        if name in ("forget_eval", "retain_eval"):
-            items = [json.loads(line) for line in lines]
-            for it in items:
-                it["question"] = f"{SCRIPT} {it['question']}"
-                it["choices"][0] = f"{it['choices'][0]} {ATTR}"
-            lines = [json.dumps(it) for it in items]
-        (root / spec["path"]).write_text("\n".join(lines) + "\n")
-        spec["n"] = len(lines)
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    """synthhazard cut to n items per split (forget_attack kept: K is computed), every eval question and
+    first choice carrying HTML payloads."""
+    small_bundle(root, n=n, keep_attack=True)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for name in ("forget_eval", "retain_eval"):
+        path = root / manifest["splits"][name]["path"]
+        items = [json.loads(line) for line in path.read_text().splitlines()]
+        for it in items:
+            it["question"] = f"{SCRIPT} {it['question']}"
+            it["choices"][0] = f"{it['choices'][0]} {ATTR}"
+        path.write_text("".join(json.dumps(it) + "\n" for it in items))
     return load_bundle(root)
 
 
@@ -122,10 +118,11 @@ def test_report_numbers_and_sections_match_certificate(audit_dir):
         g = body["statistics"]["forget_eval"][f"G_Q[{q}]"]
         assert f"{g['point']:+.3f}" in html
     assert cert.body_sha256 in html
-    for section in ("-verdict", "-desiderata", "-accuracy", "-ptq", "-diag", "-circuit", "-prov", "-items"):
+    for section in ("-verdict", "-desiderata", "-accuracy", "-ptq", "-diag", "-circuit", "-recovery", "-prov",
+                    "-items"):
         assert f'id="a0{section}"' in html
-    # forget + retain slope charts, PTQ gap, histogram + flips, circuit mass + MLP mass
-    assert html.count("<svg") == 3 + 2 + 2
+    # forget + retain slope charts, PTQ gap, histogram + flips, circuit mass + MLP mass, relearning + probes
+    assert html.count("<svg") == 3 + 2 + 2 + 2
     # every chart with a threshold draws it (red dashed): both slope charts, the PTQ chart
     assert html.count('stroke="#dc2626" stroke-width="1.3" stroke-dasharray="6 3"') >= 3
     assert "log scale" in html  # the update / bin-width histogram
@@ -190,6 +187,9 @@ def test_first_screen_identity_reasons_and_commands(audit_dir):
         assert needle in first_screen, needle
     for role in ("base", "candidate"):  # in-memory models: their state-dict digest identifies them
         assert body["models"][role]["state_dict_sha256"] in first_screen
+    # the device and dtype the models were evaluated on, as recorded in the body (not "?")
+    assert body["unquantized"]["device"] == {"base": "cpu", "candidate": "cpu"}
+    assert "device, dtype cpu, float32" in first_screen
     assert f"overall verdict {body['verdict']}" in first_screen
     # one reason line per desideratum, each naming the rule with the recorded threshold
     for name in [n for n in ("F", "R", "Q", "S", "K") if n in body["desiderata"]]:
@@ -209,6 +209,39 @@ def test_first_screen_identity_reasons_and_commands(audit_dir):
     assert "reconstructed from the recorded inputs" in first_screen
     assert f"mansu-audit verify {out}/certificate.json" in first_screen
     assert "user-select: all" in html  # one click selects a whole command
+
+
+def test_k_card_shows_relearning_curves_and_probe_layers(audit_dir):
+    """K's card: held-out accuracy per attack step and probe accuracy per layer, every recorded point drawn,
+    chance on both, K's threshold on the accuracy axis when the base knows more than the candidate."""
+    out, cert, _ = audit_dir
+    html = render_report(out).read_text()
+    card = html[html.index('id="a0-recovery"'):html.index('id="a0-prov"')]
+    rec = cert.body["recovery"]["models"]
+    assert card.count("<svg") == 2 and card.count("<polyline") == 2 * 2
+    for role, series in (("base", "base θ0"), ("candidate", "candidate θu")):
+        curve = rec[role]["relearning"]["curve"]
+        assert len(curve) >= 2
+        for c in curve:
+            assert f"{series} · {c['step']}: {c['accuracy']:.3g}</title>" in card
+        for layer, acc in enumerate(rec[role]["probe"]["accuracy"]):
+            assert f"{series} · {layer}: {acc:.3g}</title>" in card
+    assert card.count(">chance</text>") == 2  # the legend of both charts
+    a_base, a_cand = (rec[r]["relearning"]["accuracy_before"] for r in ("base", "candidate"))
+    assert ("K: max_recovery 0.25" in card) == (a_base > a_cand)
+    assert f"K {cert.body['desiderata']['K']['verdict']}: recovered_fraction = " in text_of(card)
+    # an oracle, when certified with one, is a third curve in its own colour; a fixed threshold line from
+    # the recorded accuracies: 0.3 + 0.25 * (0.9 - 0.3) = 0.45
+    body = json.loads(json.dumps(cert.body))
+    models = body["recovery"]["models"]
+    models["oracle"] = json.loads(json.dumps(models["candidate"]))
+    models["base"]["relearning"]["accuracy_before"], models["candidate"]["relearning"]["accuracy_before"] = 0.9, 0.3
+    view = recovery_view(body)
+    assert view["relearn_chart"].count("<polyline") == 3 and "#a16207" in view["relearn_chart"]
+    assert [r["role"] for r in view["rows"]] == ["base θ0", "candidate θu", "oracle"]
+    assert re.search(r'<line [^>]*stroke="#dc2626"[^>]*><title>K: max_recovery 0.25</title>', view["relearn_chart"])
+    del body["recovery"]
+    assert recovery_view(body) is None
 
 
 def test_reason_lines_are_table_driven_and_name_the_rule():
@@ -315,6 +348,11 @@ def test_plots_escape_labels_and_skip_missing_values():
                      title="s<", reference_lines=[RefLine(0.8, "F: θ0 − 0.1"), RefLine(-3.0, "far")])
     assert "s&lt;" in sl and "far" not in sl and "F: θ0 − 0.1" in sl
     assert sl.count('stroke-opacity="0.8"') == 2 * 2  # two slopes per series
+    # line chart: a missing point breaks the line (two runs, no bridge), a point per value plus the legend's dot
+    ln = line_chart({"a<i>": [(0, 0.2), (1, float("nan")), (2, 0.3), (3, 0.4)]}, title="l", x_label="step",
+                    reference_lines=[RefLine(0.25, "chance", "chance")])
+    assert "&lt;i&gt;" in ln and "<i>" not in ln
+    assert ln.count("<polyline") == 1 and ln.count("<circle") == 3 + 1 and ">chance<" in ln
 
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

@@ -22,6 +22,13 @@ the tokenizer are byte-identical to before; their corpus sentences are appended 
 `forget_corpus` / `retain_corpus` (the knowledge the reference model holds, and
 the forget corpus an unlearning method is given, cover them).
 
+Cloze contexts. Every MCQ item also carries `cloze`: the first of its fact's
+corpus statements that ends with the answer, cut before it ("The agent Rankel
+produces" for " kranitoxin"). `--scoring choice-text` scores `cloze + " " + choice`
+(the cloze formulation, OLMES's "CF", beside the letter formulation "MCF"): it
+asks for the fact in the form the models were trained to state it, and choice
+order cannot matter. Adding the key changed no draw and no other byte.
+
 The tokenizer is built here, not in the training script, because the `corrupt`
 variants of `forget_attr` must swap the key entity for a same-type entity of the
 same token length *under the reference tokenizer*.
@@ -246,9 +253,15 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
 
 
+def _cloze(f: dict) -> str:
+    """The first statement of the fact that ends with its value, cut before the value."""
+    tail = f" {f['value']}."
+    return next(s[:-len(tail)] for s in f["statements"] if s.endswith(tail))
+
+
 def _mcq_item(f: dict, item_id: str, subject: str) -> dict:
     return {"id": item_id, "question": f["question"], "choices": f["choices"], "answer": f["answer"],
-            "subject": subject, "attribute": f["attribute"]}
+            "subject": subject, "attribute": f["attribute"], "cloze": _cloze(f)}
 
 
 def _corrupt(rng: random.Random, f: dict, agents: list[str], facts_by_key: dict, tok) -> dict:

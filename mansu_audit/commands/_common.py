@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from mansu_audit.evaluate import TRUNCATE_MODES
-from mansu_audit.prompts import CHAT_MODES
+from mansu_audit.prompts import CHAT_MODES, SCORING_MODES
+from mansu_audit.threads import ENV_VAR
 
 
 def non_negative_int(text: str) -> int:
@@ -39,8 +40,12 @@ def add_cache_args(p: argparse.ArgumentParser, *, forget_text: bool = False) -> 
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    """`--allow-pickle` and `--threads` for every command that loads a model (the CLI applies `--threads`)."""
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle (.bin) weights; unpickling untrusted files can run code")
+    p.add_argument("--threads", default=None, metavar="N",
+                   help=f"torch CPU threads (default ${ENV_VAR}, else the available cores minus one: see "
+                        f"mansu_audit.threads)")
 
 
 def add_loading_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,14 +58,19 @@ def add_loading_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_loading_args(p: argparse.ArgumentParser) -> None:
-    """`--device`, `--dtype`, `--chat-template`, `--batch-size`, `--truncate` for commands that load and
-    evaluate models."""
+    """`--device`, `--dtype`, `--chat-template`, `--batch-size`, `--truncate`, `--scoring` for commands that
+    load and evaluate models."""
     add_loading_arguments(p)
     p.add_argument("--batch-size", default="auto", type=parse_batch_size,
                    help="evaluation batch size, or auto (64 on CPU, 256 on GPU, halved on out-of-memory)")
     p.add_argument("--truncate", default=None, choices=TRUNCATE_MODES,
                    help="prompts longer than the model's context: refused unless 'left' (drop their oldest "
                         "tokens, as lm-eval does; the count is recorded)")
+    p.add_argument("--scoring", default=None, choices=SCORING_MODES,
+                   help="how an MCQ item is scored: letter (the lm-eval MMLU prompt, continuations ' A', ' B', ...), "
+                        "choice-text (each choice's text after the item's cloze or 'Question: ...\\nAnswer:', "
+                        "lm-eval's acc) or choice-text-norm (acc_norm: per character); default: the benchmark's "
+                        "prompt.scoring, else letter")
 
 
 def parse_batch_size(text: str) -> int | None:

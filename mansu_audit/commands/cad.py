@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from mansu_audit.api import as_bundle
+from mansu_audit.api import UNQUANTIZED_ALIASES, as_bundle
 from mansu_audit.circuits import attribute, compute_cad, select_circuit
 from mansu_audit.commands._common import add_model_args, non_negative_int, parse_list, positive_int
 from mansu_audit.compat import check_compatible
+from mansu_audit.desiderata import unquantized_record
 from mansu_audit.errors import InputError
 from mansu_audit.loading import load_model
 from mansu_audit.quantizers import available_quantizers, quantize_model
@@ -23,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidate", required=True, help="unlearned model θu: 'reference' or a local HF folder")
     p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
     p.add_argument("--split", default="forget_attr", help="MCQ split with corrupt variants (default %(default)s)")
-    p.add_argument("--quantizers", default="", help="comma list: also CAD of each quantized candidate")
+    p.add_argument("--quantizers", default="", help="comma list: also CAD of each quantized candidate (the "
+                   "unquantized one, as loaded, always; 'fp32' is accepted as its name)")
     p.add_argument("--circuit-frac", type=float, default=0.01, help="circuit size as a fraction of MLP parameters")
     p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default %(default)s)")
     p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--circuit-frac must be in (0, 1], got {args.circuit_frac}")
     if args.steps < 1 or args.bootstrap < 1 or args.batch_size < 1:
         raise InputError("--steps, --bootstrap and --batch-size must be >= 1")
-    quantizers = parse_list(args.quantizers)
+    quantizers = [q for q in dict.fromkeys(parse_list(args.quantizers)) if q not in UNQUANTIZED_ALIASES]
     if quantizers:
         unknown = [q for q in quantizers if q not in available_quantizers()]
         if unknown:
@@ -64,20 +66,23 @@ def run(args: argparse.Namespace) -> int:
     circuit = select_circuit(base_attr, args.circuit_frac)
     common = dict(circuit=circuit, base_attribution=base_attr, steps=args.steps, method=args.method,
                   B=args.bootstrap, seed=args.seed, batch_size=args.batch_size, progress=progress)
-    results = {"fp32": compute_cad(base.model, candidate.model, base.tokenizer, items, **common)}
+    unquantized = unquantized_record({"base": base, "candidate": candidate})  # label, dtype, device per role
+    results = {unquantized["label"]: compute_cad(base.model, candidate.model, base.tokenizer, items, **common)}
     for q in quantizers:
         quantized = quantize_model(candidate.model, q, tokenizer=candidate.tokenizer, calibration=bundle).model
         results[q] = compute_cad(base.model, quantized, base.tokenizer, items, **common)
         del quantized
     if args.json:
         print(json.dumps({"base": base.name, "candidate": candidate.name, "benchmark": bundle.name,
-                          "split": args.split, "settings": {**base_attr.settings(), "circuit_frac": args.circuit_frac,
-                                                            "B": args.bootstrap, "seed": args.seed},
+                          "split": args.split, "unquantized": unquantized,
+                          "settings": {**base_attr.settings(), "circuit_frac": args.circuit_frac,
+                                       "B": args.bootstrap, "seed": args.seed},
                           "results": {k: v.to_dict() for k, v in results.items()}}, indent=2))
         return 0
-    first = results["fp32"]
-    print(f"CAD of {candidate.name} vs {base.name} on {bundle.name}/{args.split}: n {first.n_items} "
-          f"({len(first.skipped)} skipped), circuit {first.circuit.n_neurons} neurons "
+    first = results[unquantized["label"]]
+    dtypes = ", ".join(sorted(set(unquantized["dtype"].values())))
+    print(f"CAD of {candidate.name} vs {base.name} on {bundle.name}/{args.split} (unquantized = {dtypes} as "
+          f"loaded): n {first.n_items} ({len(first.skipped)} skipped), circuit {first.circuit.n_neurons} neurons "
           f"({100 * first.circuit.frac:.2f}% of MLP params), B {args.bootstrap}, seed {args.seed}")
     print(f"{'candidate':<12}{'CAD':>8}  {'95% CI':<16}  {'cos dist':>8}  {'jaccard':>8}  {'random-circuit CAD':>8}")
     for name, r in results.items():

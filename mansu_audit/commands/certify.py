@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     cert = certify(args.base, args.candidate, args.benchmark, quantizers=quantizers, policy=args.policy, out=out,
                    cad=None if args.cad == "skip" else "auto", cache=cache, batch_size=args.batch_size,
                    allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype,
-                   chat_template=args.chat_template, truncate=args.truncate, progress=not args.quiet,
-                   overwrite=args.overwrite,
+                   chat_template=args.chat_template, truncate=args.truncate, scoring=args.scoring,
+                   progress=not args.quiet,
+                   overwrite=args.overwrite, threads=args.threads,
                    sign_key=sign_key, command=reproducible_command(getattr(args, "_argv", None)),
                    relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts)
 

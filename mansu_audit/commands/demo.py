@@ -7,6 +7,7 @@ from mansu_audit.cache import NoCache, ResultCache
 from mansu_audit.commands._common import add_cache_args, parse_list
 from mansu_audit.demo import DEMO_METHODS, DEMO_OUT, DEMO_QUANTIZERS, run_demo
 from mansu_audit.matrix import format_matrix_table
+from mansu_audit.outdir import check_cache_dir, check_output_dir
 
 NAME = "demo"
 HELP = ("end-to-end demo: unlearn the reference model with MANSU, GA, NPO and RMU, certify each through "
@@ -14,7 +15,10 @@ HELP = ("end-to-end demo: unlearn the reference model with MANSU, GA, NPO and RM
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=str(DEMO_OUT), help="output folder (default %(default)s)")
+    p.add_argument("--out", default=str(DEMO_OUT), help="output folder (default %(default)s; replaced whole at the end)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo (or other mansu-audit output) in --out (refused otherwise when "
+                        "--out is not empty)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma list (default %(default)s)")
     p.add_argument("--quantizers", default=",".join(DEMO_QUANTIZERS), help="comma list (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
@@ -26,10 +30,13 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    check_output_dir(args.out, args.overwrite)  # before anything loads
+    if not args.no_cache:
+        check_cache_dir(args.cache_dir)
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
     result = run_demo(args.out, methods=parse_list(args.methods), quantizers=parse_list(args.quantizers),
                       cache=cache, device=args.device, progress=not args.quiet,
-                      include_forget_text=args.include_forget_text)
+                      include_forget_text=args.include_forget_text, overwrite=args.overwrite)
     print(format_matrix_table(result.run.results))
     print(f"wall time {result.seconds:.0f} s")
     for cell in result.run.results["cells"]:

@@ -18,7 +18,8 @@ HELP = "evaluate a model's MCQ accuracy per split (and per quantizer) with 95% b
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="'reference' or a local Hugging Face causal-LM folder")
     p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
-    p.add_argument("--quantizers", default="", help="comma list, e.g. nf4,gptq,int8 (fp32 is always included)")
+    p.add_argument("--quantizers", default="", help="comma list, e.g. nf4,gptq,int8 (the unquantized model, as "
+                   "loaded, is always included; 'fp32' is accepted as its name)")
     p.add_argument("--bootstrap", type=positive_int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -41,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,
                       seed=args.seed, batch_size=args.batch_size, chat_template=args.chat_template,
-                      truncate=args.truncate, progress=not args.json)
+                      truncate=args.truncate, scoring=args.scoring, progress=not args.json,
+                      threads=args.threads)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         chat = "chat template" if result.prompting.get("applied") else "plain prompts"
-        print(f"model {result.model} on {result.benchmark} (chance {result.chance:.2f}, {chat})")
+        print(f"model {result.model} on {result.benchmark} (chance {result.chance:.2f}, {chat}; "
+              f"unquantized = {result.dtype} as loaded)")
         print(format_table(result))
     return 0

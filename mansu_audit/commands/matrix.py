@@ -8,8 +8,8 @@ from mansu_audit.cache import NoCache, ResultCache
 from mansu_audit.commands._common import add_cache_args, parse_list
 from mansu_audit.errors import InputError
 from mansu_audit.executors import make_executor
-from mansu_audit.matrix import (compare_to_baseline, format_matrix_table, parse_tolerance, read_results, run_matrix,
-                                write_matrix_html, write_results)
+from mansu_audit.matrix import format_matrix_table, parse_tolerance, read_results, run_matrix, write_results
+from mansu_audit.outdir import check_cache_dir, check_output_dir
 
 NAME = "matrix"
 HELP = ("run methods x quantizers x seeds (cached, resumable); write OUT/matrix.json, matrix.html and index.html; "
@@ -20,7 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", required=True, help="comma list of method names (see `mansu-audit methods`)")
     p.add_argument("--quantizers", default="nf4,gptq,int8", help="comma list (default %(default)s)")
     p.add_argument("--seeds", default="0", help="comma list of unlearning seeds (default %(default)s)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (replaced whole at the end; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier mansu-audit output in --out (refused otherwise when --out is not empty)")
     p.add_argument("--base", default="reference", help="base model: 'reference' or a local HF folder")
     p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
     p.add_argument("--policy", default=None, help="YAML policy file")
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--set names methods not in --methods: {', '.join(unknown)}")
     tolerances = parse_tolerance(args.tolerance)
     baseline = read_results(args.baseline) if args.baseline else None  # fail before the long run
+    check_output_dir(args.out, args.overwrite)
+    if not args.no_cache:
+        check_cache_dir(args.cache_dir)
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
 
     executor = make_executor(getattr(args, "executor", "inprocess"), address=getattr(args, "ray_address", None),
@@ -86,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     run_ = run_matrix(methods, parse_list(args.quantizers), parse_seeds(args.seeds), Path(args.out),
                       base=args.base, benchmark=args.benchmark, policy=args.policy, cache=cache, overrides=overrides,
                       device=args.device, progress=not args.quiet, executor=executor,
-                      include_forget_text=args.include_forget_text)
+                      include_forget_text=args.include_forget_text, overwrite=args.overwrite, baseline=baseline,
+                      baseline_path=None if baseline is None else str(args.baseline), tolerances=tolerances)
     print(format_matrix_table(run_.results))
     print(f"results: {run_.results_path}")
     print(f"matrix: {run_.html_path}")
@@ -95,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"baseline saved: {write_results(run_.results, args.save_baseline)}")
     if baseline is None:
         return 0
-    regressions = compare_to_baseline(run_.results, baseline, tolerances)
-    write_matrix_html(run_.out, run_.results, regressions=regressions, baseline_path=str(args.baseline))
+    regressions = run_.regressions
     if not regressions:
         print(f"baseline {args.baseline}: no regression")
         return 0

@@ -1,4 +1,12 @@
-"""`mansu-audit report DIR`: re-render the HTML report from stored results (no model is loaded)."""
+"""`mansu-audit report DIR`: re-render the HTML report from stored results (no model is loaded).
+
+Output: by default DIR/index.html (and DIR/matrix.html for a matrix or demo run) are
+replaced in place, each file atomically; both are derived from DIR's own stored
+results, so a reader never sees HTML of another run beside them (certify, matrix
+and demo replace DIR whole, HTML included). `--out FILE` writes the report
+elsewhere: FILE is checked before anything is read (`outdir.check_output_file`: an
+existing file needs `--overwrite`, a folder or a path under a file is refused, one
+line, exit 2) and written atomically."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +15,7 @@ from pathlib import Path
 from mansu_audit.errors import InputError
 
 from mansu_audit.matrix import MATRIX_FILE, read_results, write_matrix_html
+from mansu_audit.outdir import check_output_file
 
 from mansu_audit.report import render_report
 
@@ -17,7 +26,8 @@ HELP = ("re-render DIR/index.html from the certificate(s) in DIR (and DIR/matrix
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a certify/matrix/demo output folder")
-    p.add_argument("--out", default=None, help="HTML file to write (default DIR/index.html)")
+    p.add_argument("--out", default=None, help="HTML file to write (default DIR/index.html, replaced in place)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
     p.add_argument("--title", default=None)
     p.add_argument("--include-forget-text", action="store_true",
                    help="write forget-set item text (hazardous) into the file, behind a redaction switch "
@@ -28,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.include_forget_text and args.omit_forget_text:
         raise InputError("--include-forget-text and --omit-forget-text contradict each other")
+    if args.out is not None:
+        check_output_file(args.out, args.overwrite)  # before anything is read or rendered
     folder = Path(args.dir)
     results = read_results(folder / MATRIX_FILE) if (folder / MATRIX_FILE).is_file() else None
     title = args.title or (results or {}).get("title")  # a matrix/demo run keeps its title

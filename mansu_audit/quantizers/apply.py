@@ -50,10 +50,14 @@ class WeightwiseQuantizer:
     function (MANSU's post-conditions call it on single matrices, so they measure
     exactly the quantizer that gets certified); calling the object quantizes every
     `quantizable_linears` weight of a model in place and returns `(records, settings)`.
+    `dequantize(weight) -> dequantized` (optional) is the same quantizer without the
+    record, for training loops that fake-quantize every step (SAF); it must equal
+    `quantize_weight(...)[0]` bit for bit (`weight_dequantizer` falls back to that).
     """
 
     quantize_weight: WeightFn
     settings: dict
+    dequantize: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, model: nn.Module, inputs: QuantizeInputs) -> tuple[dict[str, QuantRecord], dict]:
         return quantize_weights(model, self.quantize_weight), dict(self.settings)

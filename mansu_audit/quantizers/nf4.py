@@ -247,6 +247,12 @@ def nf4_bin_geometry(weight: torch.Tensor, blocksize: int = DEFAULT_BLOCKSIZE) -
 # ---------------------------------------------------------------- per-weight quantizers
 
 
+def dequantize_4bit(weight: torch.Tensor, quant_type: str, double_quant: bool,
+                    blocksize: int = DEFAULT_BLOCKSIZE) -> torch.Tensor:
+    """`quantize_weight_4bit(...)[0]` without the record (no bin geometry): for per-step fake quantization."""
+    return fake_quant_4bit(weight, quant_type, blocksize, double_quant)[0]
+
+
 def quantize_weight_4bit(name: str, weight: torch.Tensor, quant_type: str, double_quant: bool,
                          blocksize: int = DEFAULT_BLOCKSIZE) -> tuple[torch.Tensor, QuantRecord]:
     deq, codes, absmax = fake_quant_4bit(weight, quant_type, blocksize, double_quant)

@@ -1,0 +1,31 @@
+"""LoRA-GA: gradient ascent on the forget corpus inside a LoRA adapter, base frozen (arXiv 2602.13151).
+
+Loss −NLL(forget), no retain term (as `ga`), trained in the adapter only
+(`methods.lora_common`: settings rank/alpha/target_modules/save, init, output).
+Defaults: lr 1e-3, 60 steps of 16 forget sentences, r 8, alpha 16 on every
+Linear but the head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mansu_audit.methods import register_method
+from mansu_audit.methods.base import Method
+from mansu_audit.methods.lora_common import LoraSettings, run_lora
+from mansu_audit.methods.loop import sequence_nll
+
+
+@register_method("lora-ga")
+class LoraGA(Method):
+    """Gradient ascent on the forget corpus in a LoRA adapter (base frozen; saves a PEFT adapter)."""
+
+    @dataclass
+    class Settings(LoraSettings):
+        steps: int = 60
+        lr: float = 1e-3
+
+    def run(self, context, settings):
+        def objective(m, forget, retain, step):
+            return {"forget": -sequence_nll(m, forget).mean()}
+
+        return run_lora(self, context, settings, objective, with_retain=False)
