@@ -33,6 +33,7 @@ REQUIRED_SPLITS = ("forget_eval", "retain_eval")
 MAX_CHOICES = 26  # answer letters A-Z (prompts.LETTERS)
 BUNDLED_DATA = bundled_data_dir()
 BUNDLED_BENCHMARKS = {"synthhazard": BUNDLED_DATA / "synthhazard"}
+LM_EVAL_PREFIX = "lm-eval:"  # --benchmark lm-eval:FORGET,RETAIN (resolve_benchmark)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,13 @@ class Bundle:
 
 
 def resolve_benchmark(name_or_path: str | Path) -> Path:
-    """A bundled benchmark name ("synthhazard") or a bundle folder."""
+    """A bundled benchmark name ("synthhazard"), a bundle folder, or lm-eval tasks
+    `lm-eval:FORGET,RETAIN[:include_path=DIR][:limit=N][:num_fewshot=K][:fewshot_seed=S]`, converted now
+    into the result cache's `lm-eval-bundles/` folder (`mansu_audit.convert.lm_eval.lm_eval_benchmark`)."""
+    if str(name_or_path).startswith(LM_EVAL_PREFIX):
+        from mansu_audit.convert.lm_eval import lm_eval_benchmark  # convert imports this module
+
+        return lm_eval_benchmark(str(name_or_path))
     if str(name_or_path) in BUNDLED_BENCHMARKS:
         return BUNDLED_BENCHMARKS[str(name_or_path)]
     path = Path(name_or_path)

@@ -24,8 +24,9 @@ U(−1/√in, 1/√in)); `lora_B` stays 0, so training starts exactly at θ0.
 Settings (on top of `MethodSettings`): rank (r, default 8), alpha (default 16:
 scale alpha/r = 2), target_modules (peft's `all-linear`: every Linear except
 the output head, or a comma list of module-name suffixes such as
-`q_proj,v_proj`), save. Defaults lr 1e-3: the LoRA update starts at zero and
-is low-rank, so it needs a larger step than full fine-tuning (1e-4).
+`q_proj,v_proj`), save. The LoRA update starts at zero and is low-rank, so it
+needs a larger step than full fine-tuning (`ga` 1e-4): lr 5e-4 (lora-ga) and
+1e-3 (lora-npo), measured in their modules.
 Needs peft (`pip install 'mansu-audit[peft]'`).
 """
 from __future__ import annotations

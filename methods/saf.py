@@ -28,7 +28,10 @@ every parameter trained. Settings: quantizer (any weight-wise registered
 quantizer; default nf4), rho (SAM radius in weight space, default 0.05, our
 choice: about one NF4 bin width summed over a layer's block of weights is far
 larger, so the ascent probes a neighbourhood, not a new grid point),
-retain_weight (1.0), and the shared ones (lr 5e-5, 60 steps: GradDiff's).
+retain_weight (1.0), and the shared ones (lr 1e-4, 60 steps). Measured on
+`reference` (seed 0, CPU, synthhazard v2): forget_eval 0.998 -> 0.981 (nf4
+0.974), retain_eval 0.987 -> 0.970 (nf4 0.974), 61 s on a shared 2-core CPU;
+lr 5e-5 barely forgets (0.993).
 """
 from __future__ import annotations
 
@@ -117,7 +120,7 @@ class SAF(Method):
     @dataclass
     class Settings(MethodSettings):
         steps: int = 60
-        lr: float = 5e-5
+        lr: float = 1e-4
         retain_weight: float = 1.0
         rho: float = 0.05
         quantizer: str = "nf4"

@@ -49,19 +49,22 @@ certify_module = importlib.import_module("mansu_audit.certify")  # the package e
 
 # --- assumptions of the 8B projection (printed) ---------------------------------------------------------------
 TARGET_PARAMS = 8.0e9  # Llama-3.1-8B class
-GPU_PEAK_FLOPS = 989e12  # H100 SXM dense bf16 peak
+GPU_PEAK_FLOPS = 989e12  # H100 SXM dense bf16 peak (scoring forwards in bf16)
+GPU_PEAK_TF32 = 495e12  # H100 SXM dense TF32 peak (the attack and EAP-IG run in float32)
 MFU_FORWARD = 0.35  # batched scoring forwards (short prompts, no KV cache reuse)
 MFU_TRAIN = 0.25  # small-batch relearning fine-tune and EAP-IG gradients
 TOKEN_RATIO = 1.0  # tokens of the same text under the 8B model's tokenizer vs the measured model's
 LOAD_SECONDS_PER_MODEL = 16e9 / 2e9  # 16 GB bf16 safetensors at 2 GB/s
 QUANTIZE_SECONDS = {"nf4": 30.0, "int8": 30.0, "gptq": 20 * 60.0}  # per model, one GPU (published orders)
 ASSUMPTIONS = [
-    f"target: {TARGET_PARAMS / 1e9:.0f}B parameters, bf16, base + candidate + one quantized copy resident "
-    f"(~{3 * 2 * TARGET_PARAMS / 1e9:.0f} GB: one 80 GB GPU)",
+    f"target: {TARGET_PARAMS / 1e9:.0f}B parameters; base + candidate + one quantized copy in bf16 "
+    f"(~{3 * 2 * TARGET_PARAMS / 1e9:.0f} GB) fit one 80 GB GPU, but the relearning attack fine-tunes a float32 "
+    f"copy with AdamW (16 bytes/parameter: {16 * TARGET_PARAMS / 1e9:.0f} GB): an H200 (141 GB) with the other "
+    f"models moved off the GPU, or two GPUs; memory traffic and offloading are not counted",
     f"FLOPs: 2N per forward token, 6N per token with autograd (forward + backward); attention FLOPs ignored "
     f"(prompts are short)",
-    f"GPU: {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak (H100 SXM), MFU {MFU_FORWARD:.0%} for scoring forwards, "
-    f"{MFU_TRAIN:.0%} with autograd",
+    f"GPU: H100 SXM class, {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak at MFU {MFU_FORWARD:.0%} for scoring "
+    f"forwards, {GPU_PEAK_TF32 / 1e12:.0f} TFLOP/s TF32 peak at MFU {MFU_TRAIN:.0%} with autograd (float32)",
     f"tokens: the measured counts x {TOKEN_RATIO} (same items; the 8B tokenizer may need fewer tokens per item)",
     f"load: {LOAD_SECONDS_PER_MODEL:.0f} s per model (16 GB at 2 GB/s)",
     "quantize (per model, not measured): " + ", ".join(f"{q} {s / 60:.1f} min" for q, s in QUANTIZE_SECONDS.items())
@@ -174,8 +177,8 @@ def project(run: dict, tokens: dict, wall: dict, write_s: float) -> None:
     rows["quantize"] = 2 * sum(QUANTIZE_SECONDS.get(q, 60.0) for q in quantizers)
     for stage in ("evaluate", "cad", "relearn", "consistency"):  # quantize: its assumption covers calibration
         t = tokens.get(stage, {"forward": 0, "autograd": 0})
-        flops = TOKEN_RATIO * n * (2 * t["forward"] / MFU_FORWARD + 6 * t["autograd"] / MFU_TRAIN)
-        rows[stage] = rows.get(stage, 0.0) + flops / GPU_PEAK_FLOPS
+        rows[stage] = TOKEN_RATIO * n * (2 * t["forward"] / (MFU_FORWARD * GPU_PEAK_FLOPS)
+                                         + 6 * t["autograd"] / (MFU_TRAIN * GPU_PEAK_TF32))
     rows["assess"], rows["write"] = wall.get("assess", 0.0), write_s
     for stage, s in rows.items():
         print(f"  {stage:12s} {s / 60:8.1f} min")

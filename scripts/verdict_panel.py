@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cad", default="skip", choices=("skip", "auto"))
     ap.add_argument("--only", default=None, help="comma list of panel rows")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--scoring", default=None, choices=("letter", "choice-text", "choice-text-norm"),
+                    help="MCQ scoring of the certificates (default: the bundle's, letter)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     bundle = load_bundle("synthhazard")
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
         built = time.perf_counter() - t
         base = load_model("reference-nf4grid") if name == "ga-nf4grid" else reference
         cert = certify(base, cand, bundle, quantizers=quantizers, cad=None if args.cad == "skip" else "auto",
-                       cache=cache, chat_template="off", out=out / name, overwrite=True)
+                       cache=cache, chat_template="off", out=out / name, overwrite=True, scoring=args.scoring)
         row = summarize(cert)
         row["seconds"] = {"build": round(built, 1), "certify": round(time.perf_counter() - t - built, 1)}
         print(name, json.dumps(row), flush=True)

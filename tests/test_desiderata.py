@@ -318,6 +318,8 @@ def relearn_vectors(n, base, before, after, seed=0):
     ("oracle", (0.995, 0.27, 0.30), PASS),
     ("durable graddiff", (0.998, 0.51, 0.55), PASS),
     ("reference", (0.997, 0.997, 0.995), INCONCLUSIVE),  # nothing forgotten: fraction undefined
+    # choice-text panel: forgot 0.04, the attack lowered held-out accuracy; the ratio (-1.6) must not PASS
+    ("letter-suppressed, cloze-scored", (0.917, 0.877, 0.810), INCONCLUSIVE),
 ])
 def test_k_verdict_on_the_science_issue_panel(name, accs, expected):
     from mansu_audit.verdicts import k_statistics, k_verdict
@@ -331,7 +333,7 @@ def test_k_verdict_on_the_science_issue_panel(name, accs, expected):
     v = k_verdict(stats, FAST)
     assert v.verdict == expected, (name, rf)
     if expected == INCONCLUSIVE:
-        assert "not clearly positive" in v.reason
+        assert "not clearly above min_forget_drop" in v.reason
 
 
 def test_k_statistics_are_one_paired_bootstrap():

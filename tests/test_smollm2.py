@@ -145,6 +145,22 @@ def test_evaluate_general_facts(smol, general):
     assert not np.array_equal(plain.logprobs[:N_QUANT_ITEMS], chat.logprobs)
 
 
+def test_choice_text_scoring_is_above_chance(smol, general):
+    """Letter MCQs sit at chance for a 135M model (0.23 here); scoring each choice's text after the item's
+    cloze ("The capital of France is" -> " Paris"), as SmolLM2's authors evaluate it, is well above."""
+    from mansu_audit.evaluate import evaluate_mcq
+    from mansu_audit.stats import accuracy_ci
+
+    with stage("evaluate_general_choice_text"):
+        res = evaluate_mcq(smol.model, smol.tokenizer, general, split="general", scoring="choice-text")
+    ci = accuracy_ci(res.correct.astype(np.float64), B=2000, seed=0)
+    capitals = [i for i, it in enumerate(general) if it.extra.get("attribute") == "capital"]
+    REPORT["general_accuracy_choice_text"] = {"n": res.n, "accuracy": res.accuracy, "ci": [ci.low, ci.high],
+                                              "capitals": float(res.correct[capitals].mean())}
+    assert ci.low > res.chance + 0.1
+    assert res.correct[capitals].mean() > 0.8
+
+
 def test_every_quantizer(smol, general, smol_bundle):
     from mansu_audit.evaluate import evaluate_mcq
     from mansu_audit.quantizers import available_quantizers, quantizable_linears, quantize_model
@@ -220,6 +236,15 @@ def test_unlearn_and_certify(smol, smol_bundle, tmp_path):
     with stage("certify"):
         cert = certify(smol, candidate, smol_bundle, quantizers=("nf4",), out=tmp_path / "cert", cache=NoCache(),
                        batch_size=16)
+    with stage("certify choice-text"):  # plain cloze prompts, as lm-eval scores a base model
+        text_cert = certify(smol, candidate, smol_bundle, quantizers=("nf4",), cache=NoCache(), batch_size=16,
+                            scoring="choice-text", chat_template="off", cad=None)
+    retain = text_cert.body["statistics"]["retain_eval"]
+    acc = retain["acc[base/unquantized]"]
+    assert acc["low"] > 0.5  # the general-facts retain items: far above chance, so D_R measures something
+    assert retain["D_R"]["high"] > retain["D_R"]["low"]  # not a degenerate interval
+    REPORT["certify_ga_choice_text"] = {"verdict": text_cert.verdict, "retain_base": acc,
+                                        "D_R": retain["D_R"], "D_F": text_cert.body["statistics"]["forget_eval"]["D_F"]}
     assert (tmp_path / "cert" / "certificate.json").is_file()
     assert cert.verdict in ("PASS", "FAIL", "INCONCLUSIVE")
     body = cert.body

@@ -15,10 +15,12 @@ HELP = ("end-to-end demo: unlearn the reference model with MANSU, GA, NPO and RM
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=str(DEMO_OUT), help="output folder (default %(default)s; replaced whole at the end)")
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default {DEMO_OUT}, where an earlier demo is replaced; built aside and "
+                        f"renamed at the end)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier demo (or other mansu-audit output) in --out (refused otherwise when "
-                        "--out is not empty)")
+                   help="replace an earlier demo (or other mansu-audit output) in an explicit --out (refused "
+                        "otherwise when --out is not empty)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma list (default %(default)s)")
     p.add_argument("--quantizers", default=",".join(DEMO_QUANTIZERS), help="comma list (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
@@ -30,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.out is None:  # the default folder belongs to the demo: rerunning it replaces the earlier demo
+        args.out, args.overwrite = str(DEMO_OUT), True
     check_output_dir(args.out, args.overwrite)  # before anything loads
     if not args.no_cache:
         check_cache_dir(args.cache_dir)

@@ -75,11 +75,12 @@ def quantize_weights(model: nn.Module, quantize_weight: WeightFn) -> dict[str, Q
 
 
 def calibration_texts(calibration) -> tuple[str, ...] | None:
-    """A Bundle's retain_corpus texts, or the given list of strings."""
+    """A Bundle's retain_corpus texts (None when it has none: only calibrated quantizers need them), or the
+    given list of strings."""
     if calibration is None:
         return None
     if hasattr(calibration, "texts"):
-        return tuple(calibration.texts("retain_corpus"))
+        return tuple(calibration.texts("retain_corpus")) if "retain_corpus" in calibration.corpus else None
     if isinstance(calibration, str) or not all(isinstance(t, str) for t in calibration):
         raise InputError("calibration must be a benchmark bundle or a list of texts")
     return tuple(calibration)
