@@ -15,7 +15,7 @@ from mansu_audit.batching import AutoBatch
 from mansu_audit.data import MCQ_SPLITS, Bundle, load_bundle
 from mansu_audit.evaluate import MCQResult
 from mansu_audit.loading import LoadedModel, load_model
-from mansu_audit.prompts import chat_prompt_fn, chat_template_record
+from mansu_audit.prompts import chat_mode_for, chat_prompt_fn, chat_template_record
 from mansu_audit.quantizers import quantize_model
 from mansu_audit.stats import DEFAULT_B, DEFAULT_SEED, Estimate, accuracy_ci
 from mansu_audit.threads import with_thread_policy
@@ -77,6 +77,7 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     loaded = load_model(model)
     bundle = as_bundle(benchmark)
     scoring = bundle.check_scoring(scoring)
+    chat_template = chat_mode_for(chat_template, scoring)
     prompt_fn = chat_prompt_fn(loaded.tokenizer, chat_template)
     batcher = AutoBatch(start=batch_size)
     names = splits or tuple(s for s in MCQ_SPLITS if s in bundle.mcq)

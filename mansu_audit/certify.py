@@ -10,7 +10,7 @@ S accepts a CAD result from anywhere (`cad=`): "auto" runs the bundled
 EAP-IG + CAD (`mansu_audit.circuits.compute_cad`), an `Estimate` or per-item
 values are used as given, a callable `(base, candidate, bundle, policy) ->
 Estimate | CADResult` is a hook for another attribution method, and None
-leaves S "NOT COMPUTED" (the overall verdict can then not be PASS).
+or "skip" (the CLI's `--cad skip`) leaves S "NOT COMPUTED" (the overall verdict can then not be PASS).
 """
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.desiderata import (BASE, CANDIDATE, UNQUANTIZED, Assessment, assess, cad_control_from_details,
                                      per_item_record, unquantized_record, variant_key)
 from mansu_audit.errors import InputError
-from mansu_audit.evaluate import MCQResult, evaluate_mcq
+from mansu_audit.evaluate import TRUNCATE_MODES, MCQResult, evaluate_mcq
 from mansu_audit.io import json_copy, json_safe, progress_logger, sha256_file
-from mansu_audit.loading import LoadedModel, load_model
+from mansu_audit.loading import LoadedModel, load_model, plan_device
 from mansu_audit.outdir import check_output_dir, publish_dir
 from mansu_audit.policy import Policy, load_policy
-from mansu_audit.prompts import chat_prompt_fn, chat_template_record, scoring_key
-from mansu_audit.quantizers import available_quantizers, quantize_model
+from mansu_audit.prompts import CHAT_MODES, chat_mode_for, chat_prompt_fn, chat_template_record, scoring_key
+from mansu_audit.quantizers import available_quantizers, get_quantizer, quantize_model
 from mansu_audit.quantizers.gguf import artifact_record, load_artifact
 from mansu_audit.recovery import run_stage as run_recovery
 from mansu_audit.stats import Estimate, mean_ci
@@ -59,6 +59,8 @@ LIBRARIES = ("torch", "transformers", "numpy", "scipy", "bitsandbytes", "safeten
 CadHook = Callable[[LoadedModel, LoadedModel, Bundle, Policy], object]
 ARTIFACT_BASE = "unquantized (a quantized artifact is given for the candidate only)"
 CadSpec = Union[str, Estimate, np.ndarray, CadHook, None]
+CAD_MODES = ("auto", "skip")  # the string forms of `cad=` (the CLI's --cad): "skip" is the same as None
+STAGE_MODES = ("auto", "on", "skip")  # relearn=, consistency= (None is "skip")
 
 
 _log = progress_logger("certify")
@@ -122,8 +124,9 @@ def _quantize(model: LoadedModel, name: str, bundle: Bundle):
     return quantize_model(model.model, name, tokenizer=model.tokenizer, calibration=bundle)
 
 
-def check_quantizers(quantizers: Sequence[str]) -> None:
-    """Refuse unknown quantizer names before any long stage runs."""
+def check_quantizers(quantizers: Sequence[str], bundle: Bundle | None = None) -> None:
+    """Refuse unknown quantizer names, and calibrated ones (`needs_calibration`, e.g. gptq) when `bundle` has
+    no retain_corpus to calibrate on, before any long stage runs."""
     if not quantizers:
         return
 
@@ -131,6 +134,10 @@ def check_quantizers(quantizers: Sequence[str]) -> None:
     for q in quantizers:
         if q not in known:
             raise InputError(f"unknown quantizer '{q}' (available: fp32, {', '.join(known)})")
+        if bundle is not None and "retain_corpus" not in bundle.corpus and \
+                getattr(get_quantizer(q), "needs_calibration", False):
+            raise InputError(f"quantizer '{q}' calibrates on the benchmark's retain_corpus, and "
+                             f"{bundle.root / 'manifest.json'} names none")
 
 
 def check_artifacts(artifacts: dict[str, str | Path], quantizers: Sequence[str]) -> dict[str, Path]:
@@ -284,11 +291,10 @@ def _cad_from_circuits(base: LoadedModel, candidate: LoadedModel, bundle: Bundle
 def resolve_cad(cad: CadSpec, base: LoadedModel, candidate: LoadedModel, bundle: Bundle, policy: Policy,
                 cache: ResultCache, progress: bool) -> tuple[Estimate | None, dict | None]:
     """Turn the `cad=` argument into (estimate for S, details for the sidecar)."""
-    if cad is None:
+    check_cad(cad)
+    if cad is None or (isinstance(cad, str) and cad == "skip"):
         return None, None
     if isinstance(cad, str):
-        if cad != "auto":
-            raise InputError(f"unknown CAD option '{cad}' (use 'auto' or none)")
         if CAD_SPLIT not in bundle.mcq:
             _log(progress, f"benchmark has no {CAD_SPLIT} split: S not computed")
             return None, None
@@ -307,6 +313,32 @@ def resolve_cad(cad: CadSpec, base: LoadedModel, candidate: LoadedModel, bundle:
             return out, {"cad": out.to_dict(), "source": getattr(cad, "__name__", "hook")}
         return out.cad, json_copy(out.to_dict())
     raise TypeError(f"cad must be 'auto', None, an Estimate, per-item values or a callable, not {type(cad).__name__}")
+
+
+def check_cad(cad: CadSpec) -> None:
+    """InputError for a `cad=` string other than CAD_MODES, TypeError for a value of no accepted type."""
+    if isinstance(cad, str) and cad not in CAD_MODES:
+        raise InputError(f"cad must be one of {', '.join(CAD_MODES)} (or None), not {cad!r}")
+    if not (cad is None or isinstance(cad, (str, Estimate, np.ndarray)) or callable(cad)):
+        raise TypeError(f"cad must be 'auto', 'skip', None, an Estimate, per-item values or a callable, "
+                        f"not {type(cad).__name__}")
+
+
+def check_arguments(*, cad: CadSpec, relearn: str | None, consistency: str | None, chat_template: str,
+                    truncate: str | None, batch_size: int | None, device, dtype) -> None:
+    """Every option of `certify` that needs no file, checked before any work (one InputError naming it)."""
+    check_cad(cad)
+    for name, value in (("relearn", relearn), ("consistency", consistency)):
+        if value is not None and value not in STAGE_MODES:
+            raise InputError(f"{name} must be one of {', '.join(STAGE_MODES)} (or None), not {value!r}")
+    if chat_template not in CHAT_MODES:
+        raise InputError(f"chat_template must be one of {', '.join(CHAT_MODES)}, not {chat_template!r}")
+    if truncate is not None and truncate not in TRUNCATE_MODES:
+        raise InputError(f"truncate must be one of {', '.join(TRUNCATE_MODES)} (or None), not {truncate!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise InputError(f"batch_size must be a positive integer or None (auto), not {batch_size!r}")
+    plan_device(device, dtype)  # unknown or unavailable device, unknown dtype
 
 
 def _model_record(model: LoadedModel) -> dict:
@@ -450,6 +482,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     import time
 
     started = time.perf_counter()
+    check_arguments(cad=cad, relearn=relearn, consistency=consistency, chat_template=chat_template,
+                    truncate=truncate, batch_size=batch_size, device=device, dtype=dtype)
     if out is not None:
         check_output_dir(out, overwrite)
     if sign_key is not None and not hasattr(sign_key, "sign"):
@@ -466,7 +500,9 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)  # cheap checks first
     for split in EVAL_SPLITS:
         bundle.split(split)
+    check_quantizers(quantizers, bundle)
     scoring = bundle.check_scoring(scoring)
+    chat_template = chat_mode_for(chat_template, scoring)
     base_m = load_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
     cand_m = load_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
     check_compatible(base_m, cand_m)

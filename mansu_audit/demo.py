@@ -46,9 +46,11 @@ class DemoResult:
 
 def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHODS,
              quantizers: Sequence[str] = DEMO_QUANTIZERS, cache: ResultCache | None = None, device: str = "cpu",
-             progress: bool = True, include_forget_text: bool = False, overwrite: bool = False) -> DemoResult:
+             progress: bool = True, include_forget_text: bool = False, overwrite: bool = False,
+             cad: str = "auto") -> DemoResult:
     """Run the demo into `out`; returns the matrix run and the wall time (forget-set item text is left out
-    of the report unless `include_forget_text`). `out` is written as `run_matrix` writes it: checked first
+    of the report unless `include_forget_text`; `cad="skip"` leaves S not computed in every certificate).
+    `out` is written as `run_matrix` writes it: checked first
     (an earlier output there is replaced only with `overwrite`), published whole at the end."""
 
     out = Path(out)
@@ -58,5 +60,5 @@ def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHOD
     run = run_matrix(methods, quantizers, (DEMO_SEED,), out, base="reference", benchmark="synthhazard",
                      cache=cache, device=device, cell_dir=lambda method, seed: method, progress=progress,
                      title="mansu-audit demo: MANSU vs baselines on synthhazard / reference",
-                     include_forget_text=include_forget_text, overwrite=overwrite)
+                     include_forget_text=include_forget_text, overwrite=overwrite, cad=cad)
     return DemoResult(run, time.perf_counter() - start)

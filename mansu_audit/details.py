@@ -77,10 +77,11 @@ class BaseAttributions:
 
 def compute_details(base: LoadedModel, candidate: LoadedModel, bundle: Bundle, quantizers: Sequence[str],
                     cache: ResultCache, *, base_attributions: BaseAttributions | None = None,
-                    progress: bool = False) -> dict:
-    """Diagnostics and per-layer circuit mass for the pair (cached by content)."""
+                    progress: bool = False, circuits: bool = True) -> dict:
+    """Diagnostics and per-layer circuit mass for the pair (cached by content; `circuits=False`: no
+    attribution, `circuit_layers` None, as for a benchmark without forget_attr)."""
 
-    has_attr = "forget_attr" in bundle.mcq
+    has_attr = circuits and "forget_attr" in bundle.mcq
     inputs = {"base": model_content_sha256(base), "candidate": model_content_sha256(candidate),
               "quantizers": list(quantizers), "code": details_code_sha256(),
               "items": mcq_items_sha256(bundle.split("forget_attr")) if has_attr else None}

@@ -12,7 +12,11 @@ continuation tokens' log-probabilities. Predictions equal lm-eval's
 `choice-text-norm` (argmax of log-likelihood / len(choice)).
 
 Batches are right-padded (positions of real tokens unchanged, causal attention
-never sees padding) and sorted by length to waste little compute.
+never sees padding) and sorted by length to waste little compute. Models whose
+forward takes transformers' `logits_to_keep` project only the scored positions
+through the LM head (the model's own head, so soft-capping and scaling stay
+exact; bit-identical log-likelihoods): measured 1.37x on a SmolLM2-shaped model
+(49k vocabulary), 1.03x on the 1k-vocabulary reference (perf/eval_throughput.py).
 
 Context length: a sequence longer than the model's context
 (`max_position_embeddings`, or `n_positions`) is refused in one `InputError`
@@ -160,6 +164,28 @@ def build_requests(tokenizer, prompts: Sequence[str], conts: Sequence[Sequence[s
     return requests
 
 
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _scored_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                   positions: list[int]) -> tuple[torch.Tensor, dict[int, int]]:
+    """Logits [batch, columns, vocab] and the column of each scored position: only `positions` when the
+    model takes `logits_to_keep` (a 1-D tensor: those positions for every row), else every position."""
+    if _takes_logits_to_keep(model):
+        keep = torch.tensor(positions, device=ids.device)
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+        if logits.shape[1] == len(positions):
+            return logits, {p: c for c, p in enumerate(positions)}
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits, {p: p for p in positions}
+
+
 @torch.no_grad()
 def score_requests(model: torch.nn.Module, requests: list[_Request], pad_id: int, batch_size: int,
                    n_items: int, max_choices: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -175,13 +201,13 @@ def score_requests(model: torch.nn.Module, requests: list[_Request], pad_id: int
         for b, r in enumerate(batch):
             ids[b, :len(r.tokens)] = torch.tensor(r.tokens)
             mask[b, :len(r.tokens)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         rows, pos, tok, dest_item, dest_choice = [], [], [], [], []
         for b, r in enumerate(batch):
             for choice, pairs in r.scored:
                 for p, t in pairs:
                     rows.append(b), pos.append(p), tok.append(t), dest_item.append(r.item), dest_choice.append(choice)
-        picked = logits[torch.tensor(rows), torch.tensor(pos)].float().log_softmax(-1)
+        logits, column = _scored_logits(model, ids.to(device), mask.to(device), sorted(set(pos)))
+        picked = logits[torch.tensor(rows), torch.tensor([column[p] for p in pos])].float().log_softmax(-1)
         values = picked[torch.arange(len(tok)), torch.tensor(tok)].double().cpu().numpy()
         scores: dict[tuple[int, int], float] = {}
         for v, i, c in zip(values, dest_item, dest_choice):

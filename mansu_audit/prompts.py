@@ -127,6 +127,13 @@ def use_chat_template(tokenizer, mode: str = "auto") -> bool:
     return mode == "on" or (mode == "auto" and has_chat_template(tokenizer))
 
 
+def chat_mode_for(mode: str, scoring: str) -> str:
+    """The chat-template mode to apply under `scoring`: `auto` means off for the choice-text modes (a cloze
+    or a verbatim lm-eval context is a continuation, not a user turn; lm-eval applies no template unless
+    asked), on/off are kept as given."""
+    return "off" if mode == "auto" and scoring != "letter" else mode
+
+
 def chat_prompt_fn(tokenizer, mode: str = "auto") -> Callable[[str], str] | None:
     """A `prompt_fn` for `evaluate_mcq`: the MCQ prompt as one user turn, then the assistant prompt.
 

@@ -162,7 +162,7 @@ def test_certify_with_cad_skip(tmp_path, tasks, ref_tokenizer, capsys):
     capsys.readouterr()
     assert main(["certify", "--base", str(models[0]), "--candidate", str(models[1]), "--benchmark", str(out),
                  "--quantizers", "gptq", "--cad", "skip", "--no-cache", "--quiet", "--out", str(tmp_path / "c2")]) == 2
-    assert "gptq needs calibration texts (a benchmark's retain_corpus)" in capsys.readouterr().err
+    assert "'gptq' calibrates on the benchmark's retain_corpus" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task,message", [

@@ -87,3 +87,13 @@ def test_cli_scoring_option(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--scoring" in err[0]
+
+
+def test_gptq_without_retain_corpus_is_refused_before_any_model_loads(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "v", "splits": {
+        "forget_eval": "f.jsonl", "retain_eval": "r.jsonl"}}))
+    for name, prefix in (("f.jsonl", "f"), ("r.jsonl", "r")):
+        (tmp_path / name).write_text(json.dumps({"id": f"{prefix}1", "question": "q?", "choices": ["a", "b"],
+                                                 "answer": 0}) + "\n")
+    with pytest.raises(InputError, match="'gptq' calibrates on the benchmark's retain_corpus"):
+        certify("no-such-model-folder", "no-such-model-folder", tmp_path, quantizers=("gptq",), cad=None)

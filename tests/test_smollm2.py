@@ -241,8 +241,9 @@ def test_unlearn_and_certify(smol, smol_bundle, tmp_path):
                             scoring="choice-text", chat_template="off", cad=None)
     retain = text_cert.body["statistics"]["retain_eval"]
     acc = retain["acc[base/unquantized]"]
-    assert acc["low"] > 0.5  # the general-facts retain items: far above chance, so D_R measures something
-    assert retain["D_R"]["high"] > retain["D_R"]["low"]  # not a degenerate interval
+    # the general-facts retain items: far above chance with a real interval, so D_R measures something
+    # (8 gentle GA steps change no retain prediction here: D_R is 0 [0, 0], honestly)
+    assert acc["low"] > 0.5 and acc["high"] > acc["low"]
     REPORT["certify_ga_choice_text"] = {"verdict": text_cert.verdict, "retain_base": acc,
                                         "D_R": retain["D_R"], "D_F": text_cert.body["statistics"]["forget_eval"]["D_F"]}
     assert (tmp_path / "cert" / "certificate.json").is_file()

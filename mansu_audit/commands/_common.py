@@ -3,9 +3,21 @@ from __future__ import annotations
 
 import argparse
 
+from mansu_audit.certify import CAD_MODES
+from mansu_audit.data import LM_EVAL_PREFIX
+from mansu_audit.errors import InputError
 from mansu_audit.evaluate import TRUNCATE_MODES
+from mansu_audit.loading.local import BUNDLED_MODELS
 from mansu_audit.prompts import CHAT_MODES, SCORING_MODES
 from mansu_audit.threads import ENV_VAR
+
+# One help text per kind of argument, shared by every command (issue 13 §3: one meaning per flag name).
+MODEL_HELP = (f"a bundled model ({', '.join(BUNDLED_MODELS)}), a local Hugging Face causal-LM folder, a hub id "
+              f"owner/name[@revision], a PEFT LoRA adapter folder (merged over its base) or a .gguf file")
+BENCHMARK_HELP = (f"'synthhazard' (bundled), a bundle folder (`mansu-audit convert`) or "
+                  f"{LM_EVAL_PREFIX}FORGET,RETAIN (lm-eval tasks, converted on use)")
+CAD_HELP = ("S: run EAP-IG + CAD on the benchmark's forget_attr split (auto; S not computed when it has none) or "
+            "leave S not computed (skip: no circuit attribution at all); default %(default)s")
 
 
 def non_negative_int(text: str) -> int:
@@ -32,29 +44,72 @@ def add_cache_args(p: argparse.ArgumentParser, *, forget_text: bool = False) -> 
     """`--cache-dir`, `--no-cache`, `--quiet` (and `--include-forget-text` for commands writing the HTML report)."""
     p.add_argument("--cache-dir", default=None, help="result cache (default $MANSU_CACHE_DIR or ~/.cache/mansu-audit)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything, store nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
     if forget_text:
         p.add_argument("--include-forget-text", action="store_true",
                        help="write forget-set item text (hazardous) into the HTML report, behind a redaction switch "
                             "(default: left out of the file)")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_output_args(p: argparse.ArgumentParser, *, quiet: bool = True, json: bool = False) -> None:
+    """`--quiet` (every command that prints progress: progress goes to stderr) and `--json` (every command that
+    prints a result table: the machine-readable result is then the only thing on stdout)."""
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress messages or bars on stderr")
+    if json:
+        p.add_argument("--json", action="store_true",
+                       help="print the result as JSON on stdout, instead of the table (progress stays on stderr)")
+
+
+def add_cad_arg(p: argparse.ArgumentParser) -> None:
+    """`--cad auto|skip` (certify, matrix, demo): passed as `cad=` to `mansu_audit.certify`."""
+    p.add_argument("--cad", choices=CAD_MODES, default="auto", help=CAD_HELP)
+
+
+def add_model_args(p: argparse.ArgumentParser, *, allow_pickle: bool = True) -> None:
     """`--allow-pickle` and `--threads` for every command that loads a model (the CLI applies `--threads`)."""
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow pickle (.bin) weights; unpickling untrusted files can run code")
+    if allow_pickle:
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="allow pickle (.bin) weights; unpickling untrusted files can run code")
     p.add_argument("--threads", default=None, metavar="N",
                    help=f"torch CPU threads (default ${ENV_VAR}, else the available cores minus one: see "
                         f"mansu_audit.threads)")
 
 
-def add_loading_arguments(p: argparse.ArgumentParser) -> None:
-    """`--device`, `--dtype`, `--chat-template` for commands that load models (pass them to `load_model`)."""
-    p.add_argument("--device", default="auto",
-                   help="auto (GPU if present, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16")
+def add_loading_arguments(p: argparse.ArgumentParser, *, cpu_only: str | None = None,
+                          float32_only: str | None = None, chat_template: bool = True) -> None:
+    """`--device`, `--dtype` (same default, auto, on every command that loads a model; pass them to `load_model`)
+    and `--chat-template`. A command whose computation is pinned says why in `cpu_only` (device and dtype: CPU
+    float32) or `float32_only` (dtype only); it still takes the flags, and `check_pinned` refuses other values."""
+    if cpu_only:
+        p.add_argument("--device", default="auto",
+                       help=f"runs on the CPU ({cpu_only}): auto and cpu are accepted (default %(default)s)")
+    else:
+        p.add_argument("--device", default="auto",
+                       help="auto (GPU if present, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps "
+                            "(default %(default)s)")
+    pinned = cpu_only or float32_only
+    if pinned:
+        p.add_argument("--dtype", default="auto",
+                       help=f"runs in float32 ({pinned}): auto and float32 are accepted (default %(default)s)")
+    else:
+        p.add_argument("--dtype", default="auto",
+                       help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16, float16 (default %(default)s)")
+    if chat_template:
+        add_chat_template_arg(p)
+
+
+def check_pinned(args: argparse.Namespace, *, device: bool, dtype: bool = True) -> None:
+    """InputError unless `--device` is auto/cpu (when `device`) and `--dtype` auto/float32 (when `dtype`)."""
+    if device and args.device not in ("auto", "cpu"):
+        raise InputError(f"--device {args.device}: {args.command} runs on the CPU (use auto or cpu)")
+    if dtype and args.dtype not in ("auto", "float32"):
+        raise InputError(f"--dtype {args.dtype}: {args.command} runs in float32 (use auto or float32)")
+
+
+def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-template", default="auto", choices=CHAT_MODES,
-                   help="wrap prompts in the tokenizer's chat template (auto: when it has one)")
+                   help="wrap prompts in the tokenizer's chat template (auto: when it has one and items are "
+                        "letter-scored; lm-eval's default is off)")
 
 
 def add_loading_args(p: argparse.ArgumentParser) -> None:
@@ -62,7 +117,8 @@ def add_loading_args(p: argparse.ArgumentParser) -> None:
     load and evaluate models."""
     add_loading_arguments(p)
     p.add_argument("--batch-size", default="auto", type=parse_batch_size,
-                   help="evaluation batch size, or auto (64 on CPU, 256 on GPU, halved on out-of-memory)")
+                   help="evaluation batch size, or auto (64 on CPU, 256 on GPU, halved on out-of-memory; "
+                        "default %(default)s)")
     p.add_argument("--truncate", default=None, choices=TRUNCATE_MODES,
                    help="prompts longer than the model's context: refused unless 'left' (drop their oldest "
                         "tokens, as lm-eval does; the count is recorded)")

@@ -9,7 +9,8 @@ from pathlib import Path
 from mansu_audit.api import as_bundle
 from mansu_audit.circuits import attribute, faithfulness_details, random_circuit, select_circuit
 from mansu_audit.circuits.circuit import Circuit
-from mansu_audit.commands._common import add_model_args
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
+                                          add_output_args, check_pinned)
 from mansu_audit.errors import InputError
 from mansu_audit.io import atomic_write_bytes
 from mansu_audit.loading import load_model
@@ -20,8 +21,8 @@ HELP = ("run EAP / EAP-IG circuit attribution on a benchmark's forget_attr split
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="'reference' or a local Hugging Face causal-LM folder")
-    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--split", default="forget_attr", help="MCQ split with corrupt variants (default %(default)s)")
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("--circuit-frac", type=float, default=0.01,
@@ -29,11 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-frac", type=float, default=1.0,
                    help="fraction of attention heads kept in the circuit (default %(default)s: all)")
     p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default %(default)s)")
-    p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-circuit control")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig",
+                   help="attribution method: eap (one gradient) or eap-ig (integrated gradients; default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="clean/corrupt pairs per attribution batch (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-circuit control (default %(default)s)")
+    add_output_args(p)
     add_model_args(p)
+    add_loading_arguments(p, cpu_only="attribution needs exact float32 gradients", chat_template=False)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -95,6 +99,7 @@ def attribution_report(loaded, bundle, split: str, *, circuit_frac: float, head_
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    check_pinned(args, device=True)
     bundle = as_bundle(args.benchmark)
     loaded = load_model(args.model, allow_pickle=args.allow_pickle)
     report = attribution_report(loaded, bundle, args.split, circuit_frac=args.circuit_frac, head_frac=args.head_frac,

@@ -6,7 +6,9 @@ import json
 
 from mansu_audit.api import UNQUANTIZED_ALIASES, as_bundle
 from mansu_audit.circuits import attribute, compute_cad, select_circuit
-from mansu_audit.commands._common import add_model_args, non_negative_int, parse_list, positive_int
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
+                                          add_output_args, check_pinned, non_negative_int, parse_list,
+                                          positive_int)
 from mansu_audit.compat import check_compatible
 from mansu_audit.desiderata import unquantized_record
 from mansu_audit.errors import InputError
@@ -20,20 +22,25 @@ HELP = ("circuit attribution divergence (CAD) of a candidate against its base on
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="original model θ0: 'reference' or a local HF folder")
-    p.add_argument("--candidate", required=True, help="unlearned model θu: 'reference' or a local HF folder")
-    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--base", required=True, help="original model θ0: " + MODEL_HELP)
+    p.add_argument("--candidate", required=True, help="unlearned model θu: " + MODEL_HELP)
+    p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--split", default="forget_attr", help="MCQ split with corrupt variants (default %(default)s)")
     p.add_argument("--quantizers", default="", help="comma list: also CAD of each quantized candidate (the "
-                   "unquantized one, as loaded, always; 'fp32' is accepted as its name)")
-    p.add_argument("--circuit-frac", type=float, default=0.01, help="circuit size as a fraction of MLP parameters")
+                   "unquantized one, as loaded, always; 'fp32' is accepted as its name; default: none)")
+    p.add_argument("--circuit-frac", type=float, default=0.01,
+                   help="circuit size as a fraction of MLP parameters (default %(default)s)")
     p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default %(default)s)")
-    p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig")
+    p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig",
+                   help="attribution method: eap (one gradient) or eap-ig (integrated gradients; default %(default)s)")
     p.add_argument("--bootstrap", type=positive_int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap and the random circuit")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the bootstrap and the random circuit (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="clean/corrupt pairs per attribution batch (default %(default)s)")
+    add_output_args(p, json=True)
     add_model_args(p)
+    add_loading_arguments(p, cpu_only="attribution needs exact float32 gradients", chat_template=False)
 
 
 def _line(name: str, r) -> str:
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--circuit-frac must be in (0, 1], got {args.circuit_frac}")
     if args.steps < 1 or args.bootstrap < 1 or args.batch_size < 1:
         raise InputError("--steps, --bootstrap and --batch-size must be >= 1")
+    check_pinned(args, device=True)
     quantizers = [q for q in dict.fromkeys(parse_list(args.quantizers)) if q not in UNQUANTIZED_ALIASES]
     if quantizers:
         unknown = [q for q in quantizers if q not in available_quantizers()]
@@ -57,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     base = load_model(args.base, allow_pickle=args.allow_pickle)
     candidate = load_model(args.candidate, allow_pickle=args.allow_pickle)
     check_compatible(base, candidate)
-    progress = not args.json
+    progress = not args.quiet
     base_attr = attribute(base.model, base.tokenizer, items, steps=args.steps, method=args.method,
                           batch_size=args.batch_size, progress=progress)
     if base_attr.n_items == 0:

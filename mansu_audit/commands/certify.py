@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mansu_audit.attest import load_private_key
 from mansu_audit.cache import NoCache, ResultCache
 from mansu_audit.certificate import format_verdict_table, guard_messages
 from mansu_audit.certify import certify
-from mansu_audit.commands._common import add_cache_args, add_loading_args, add_model_args, parse_list
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_cache_args, add_cad_arg, add_loading_args,
+                                          add_model_args, add_output_args, parse_list)
 from mansu_audit.errors import InputError
 from mansu_audit.outdir import check_cache_dir, check_output_dir
 
@@ -19,28 +21,28 @@ EXIT_CODES = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="original model θ0: 'reference' or a local HF folder")
-    p.add_argument("--candidate", required=True, help="unlearned model θu: 'reference' or a local HF folder")
-    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--base", required=True, help="original model θ0: " + MODEL_HELP)
+    p.add_argument("--candidate", required=True, help="unlearned model θu: " + MODEL_HELP)
+    p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--quantizers", default="nf4,gptq,int8", help="comma list (default %(default)s)")
     p.add_argument("--out", required=True, help="folder for certificate.json and results.json")
     p.add_argument("--policy", default=None, help="YAML file overriding thresholds, bootstrap size, seed, level")
     p.add_argument("--relearn", choices=("auto", "on", "skip"), default="auto",
                    help="K: relearning attack + probes (auto: when the benchmark has forget_attack or --oracle is "
-                        "given; on: always; skip: K not computed)")
+                        "given; on: always; skip: K not computed; default %(default)s)")
     p.add_argument("--oracle", default=None, metavar="MODEL",
                    help="a model that never learned the forget facts: gets the same relearning attack as a "
                         "reference point (reported, not gated)")
     p.add_argument("--consistency", choices=("auto", "skip"), default="auto",
                    help="report base and candidate accuracy under every cyclic rotation of the choices and flag "
-                        "order-dependent models (skip: leave it out)")
+                        "order-dependent models (skip: leave it out; default %(default)s)")
     p.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH.gguf",
                    help="evaluate a GGUF file of the candidate made elsewhere (e.g. llama.cpp Q4_K_M) as its "
                         "quantized variant NAME (Q[NAME]; base unquantized beside it; the file's SHA-256 is "
                         "recorded); repeatable")
-    p.add_argument("--cad", choices=("auto", "skip"), default="auto",
-                   help="S: run EAP-IG + CAD on forget_attr (auto) or leave it not computed (skip)")
+    add_cad_arg(p)
     add_cache_args(p)
+    add_output_args(p, json=True)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier certify output in --out (refused otherwise when --out is not empty)")
     p.add_argument("--sign-key", default=None, metavar="KEY",
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--quantizers '{args.quantizers}': no quantizer named")
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
     cert = certify(args.base, args.candidate, args.benchmark, quantizers=quantizers, policy=args.policy, out=out,
-                   cad=None if args.cad == "skip" else "auto", cache=cache, batch_size=args.batch_size,
+                   cad=args.cad, cache=cache, batch_size=args.batch_size,
                    allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype,
                    chat_template=args.chat_template, truncate=args.truncate, scoring=args.scoring,
                    progress=not args.quiet,
@@ -75,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
                    relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts)
 
     body = cert.body
+    if args.json:
+        print(json.dumps({"verdict": cert.verdict, "exit_code": EXIT_CODES[cert.verdict],
+                          "certificate": str(out / "certificate.json"),
+                          "attestation": str(out / "certificate.intoto.jsonl"), "signed": sign_key is not None,
+                          "body_sha256": cert.body_sha256, "body": body}, indent=2))
+        return EXIT_CODES[cert.verdict]
     print(f"base {args.base}  candidate {args.candidate}  benchmark {body['benchmark']['name']}  "
           f"(n forget {body['benchmark']['splits']['forget_eval']}, retain {body['benchmark']['splits']['retain_eval']}, "
           f"B {body['policy']['values']['bootstrap_replicates']}, seed {body['seeds']['bootstrap']})")
@@ -105,7 +113,7 @@ def parse_artifacts(values: list[str]) -> dict[str, str]:
 # Options that only choose where output, cache and key live, or how chatty the run is: left out of the
 # recorded command, so the same inputs give the same certificate body wherever it is written.
 STORAGE_OPTIONS = {"--out": True, "--overwrite": False, "--cache-dir": True, "--no-cache": False,
-                   "--quiet": False, "--sign-key": True}
+                   "--quiet": False, "--json": False, "--sign-key": True}
 
 
 def reproducible_command(argv: list[str] | None) -> str | None:

@@ -31,21 +31,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map", default=None,
                    help="column mapping question=COL,choices=COL|COL1|COL2..,answer=COL[,subject=COL][,id=COL]")
     p.add_argument("--subject", default=None, help="subject line for every forget item (generic formats)")
-    p.add_argument("--forget-subjects", default="", help="mmlu: comma list of forget subjects")
+    p.add_argument("--forget-subjects", default="", help="mmlu: comma list of forget subjects (default: none)")
     p.add_argument("--retain-source", default=None, help="MMLU-layout retain benchmark (file, folder or cais/mmlu)")
-    p.add_argument("--retain-config", default="all")
-    p.add_argument("--retain-split", default="test")
+    p.add_argument("--retain-config", default="all", help="config of --retain-source (default %(default)s)")
+    p.add_argument("--retain-split", default="test", help="split of --retain-source (default %(default)s)")
     p.add_argument("--retain-subjects", default="", help="comma list (default: all)")
     p.add_argument("--retain-map", default=None, help="column mapping of the retain source (as --map)")
     p.add_argument("--retain-max", type=int, default=None, help="seeded subsample of the retain items")
     p.add_argument("--forget-corpus", default=None, help="JSONL/parquet with a text column (e.g. WMDP corpora)")
     p.add_argument("--retain-corpus", default=None, help="JSONL/parquet with a text column")
-    p.add_argument("--corpus-field", default="text")
-    p.add_argument("--corpus-max-docs", type=int, default=None)
+    p.add_argument("--corpus-field", default="text",
+                   help="text column of --forget-corpus/--retain-corpus (default %(default)s)")
+    p.add_argument("--corpus-max-docs", type=int, default=None,
+                   help="first N documents of each corpus (default: all)")
     p.add_argument("--attr-fraction", type=float, default=DEFAULT_ATTR_FRACTION,
                    help="share of forget items held out for attribution (forget_attr; default %(default)s)")
     p.add_argument("--attr-max", type=int, default=None, help="cap on forget_attr items")
-    p.add_argument("--seed", type=int, default=0, help="seed of the forget_eval/forget_attr split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the forget_eval/forget_attr split (default %(default)s)")
     p.add_argument("--tokenizer", default=None,
                    help="model whose tokenizer length-matches the neutral corrupt stems (folder, .gguf, 'reference')")
     p.add_argument("--name", default=None, help="bundle name (default: from the source)")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from mansu_audit.cache import NoCache, ResultCache
-from mansu_audit.commands._common import add_cache_args, parse_list
+from mansu_audit.commands._common import (add_cache_args, add_cad_arg, add_loading_arguments, add_model_args,
+                                          add_output_args, check_pinned, parse_list)
 from mansu_audit.demo import DEMO_METHODS, DEMO_OUT, DEMO_QUANTIZERS, run_demo
 from mansu_audit.matrix import format_matrix_table
 from mansu_audit.outdir import check_cache_dir, check_output_dir
@@ -23,8 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "otherwise when --out is not empty)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma list (default %(default)s)")
     p.add_argument("--quantizers", default=",".join(DEMO_QUANTIZERS), help="comma list (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    add_cad_arg(p)
     add_cache_args(p, forget_text=True)
+    add_output_args(p, json=True)
+    add_model_args(p, allow_pickle=False)
+    add_loading_arguments(p, float32_only="unlearning trains in float32 and each cell is certified on the CPU in "
+                                           "float32; --device is where unlearning trains", chat_template=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    check_pinned(args, device=False)
     if args.out is None:  # the default folder belongs to the demo: rerunning it replaces the earlier demo
         args.out, args.overwrite = str(DEMO_OUT), True
     check_output_dir(args.out, args.overwrite)  # before anything loads
@@ -40,7 +47,13 @@ def run(args: argparse.Namespace) -> int:
     cache = NoCache() if args.no_cache else ResultCache(args.cache_dir)
     result = run_demo(args.out, methods=parse_list(args.methods), quantizers=parse_list(args.quantizers),
                       cache=cache, device=args.device, progress=not args.quiet,
-                      include_forget_text=args.include_forget_text, overwrite=args.overwrite)
+                      include_forget_text=args.include_forget_text, overwrite=args.overwrite, cad=args.cad)
+    if args.json:
+        print(json.dumps({"results": result.run.results, "seconds": round(result.seconds, 3),
+                          "certificates": [str(result.run.out / c["folder"] / "certificate.json")
+                                           for c in result.run.results["cells"]],
+                          "matrix": str(result.run.html_path), "report": str(result.report_path)}, indent=2))
+        return 0
     print(format_matrix_table(result.run.results))
     print(f"wall time {result.seconds:.0f} s")
     for cell in result.run.results["cells"]:

@@ -5,7 +5,8 @@ import argparse
 import json
 
 from mansu_audit.api import as_bundle
-from mansu_audit.commands._common import add_model_args, parse_list
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
+                                          add_output_args, check_pinned, parse_list)
 from mansu_audit.diagnostics import diagnose, diagnosed_names
 from mansu_audit.loading import load_model
 
@@ -14,18 +15,19 @@ HELP = "per-quantizer weight diagnostics of candidate vs base: RMS(delta)/bin wi
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="original model: 'reference' or a local HF folder")
-    p.add_argument("--candidate", required=True, help="unlearned model: a local HF folder (or 'reference')")
+    p.add_argument("--base", required=True, help="original model: " + MODEL_HELP)
+    p.add_argument("--candidate", required=True, help="unlearned model: " + MODEL_HELP)
     p.add_argument("--quantizers", default="nf4,gptq-datafree,int8",
                    help="comma list of registered quantizers, plus gptq-datafree: GPTQ's grid without calibration "
                         "(symmetric RTN int4 g128), a proxy, not the calibrated gptq certify runs "
                         "(default %(default)s)")
     p.add_argument("--calibration", default=None,
-                   help="benchmark whose retain_corpus calibrates gptq/gptq-act-order "
-                        "(without it they are reported as gptq-datafree)")
+                   help="benchmark whose retain_corpus calibrates gptq/gptq-act-order (without it they are reported as "
+                        "gptq-datafree): " + BENCHMARK_HELP)
     p.add_argument("--per-layer", action="store_true", help="also print one row per layer")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_output_args(p, quiet=False, json=True)
     add_model_args(p)
+    add_loading_arguments(p, cpu_only="diagnostics are data-free weight arithmetic", chat_template=False)
 
 
 def format_table(diagnosis, per_layer: bool = False) -> str:
@@ -39,6 +41,7 @@ def format_table(diagnosis, per_layer: bool = False) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_pinned(args, device=True)
     names = parse_list(args.quantizers)
     diagnosed_names(names, calibrated=args.calibration is not None)  # unknown names fail before any model loads
     base = load_model(args.base, allow_pickle=args.allow_pickle)

@@ -5,8 +5,8 @@ import argparse
 import json
 
 from mansu_audit.api import evaluate
-from mansu_audit.commands._common import (add_loading_args, add_model_args, non_negative_int, parse_list,
-                                         positive_int)
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_args, add_model_args,
+                                         add_output_args, non_negative_int, parse_list, positive_int)
 from mansu_audit.data import load_bundle
 from mansu_audit.loading import load_model
 from mansu_audit.stats import DEFAULT_B
@@ -16,13 +16,13 @@ HELP = "evaluate a model's MCQ accuracy per split (and per quantizer) with 95% b
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="'reference' or a local Hugging Face causal-LM folder")
-    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--quantizers", default="", help="comma list, e.g. nf4,gptq,int8 (the unquantized model, as "
-                   "loaded, is always included; 'fp32' is accepted as its name)")
+                   "loaded, is always included; 'fp32' is accepted as its name; default: none)")
     p.add_argument("--bootstrap", type=positive_int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default %(default)s)")
+    add_output_args(p, json=True)
     add_model_args(p)
     add_loading_args(p)
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,
                       seed=args.seed, batch_size=args.batch_size, chat_template=args.chat_template,
-                      truncate=args.truncate, scoring=args.scoring, progress=not args.json,
+                      truncate=args.truncate, scoring=args.scoring, progress=not args.quiet,
                       threads=args.threads)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

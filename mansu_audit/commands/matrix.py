@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mansu_audit.cache import NoCache, ResultCache
-from mansu_audit.commands._common import add_cache_args, parse_list
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_cache_args, add_cad_arg,
+                                          add_loading_arguments, add_model_args, add_output_args, check_pinned,
+                                          parse_list)
 from mansu_audit.errors import InputError
 from mansu_audit.executors import make_executor
 from mansu_audit.matrix import format_matrix_table, parse_tolerance, read_results, run_matrix, write_results
@@ -23,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (replaced whole at the end; see --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier mansu-audit output in --out (refused otherwise when --out is not empty)")
-    p.add_argument("--base", default="reference", help="base model: 'reference' or a local HF folder")
-    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--base", default="reference", help="base model: " + MODEL_HELP + " (default %(default)s)")
+    p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--policy", default=None, help="YAML policy file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="override one method's setting (repeatable), e.g. ga:steps=30")
@@ -32,8 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", default=None,
                    help="allowed change of a statistic's point estimate: 0.02 (default) or e.g. 0.02,CAD=0.1,G_Q=0.01")
     p.add_argument("--save-baseline", default=None, metavar="FILE", help="write this run's results as a baseline")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    add_cad_arg(p)
     add_cache_args(p, forget_text=True)
+    add_output_args(p, json=True)
+    add_model_args(p, allow_pickle=False)
+    add_loading_arguments(p, float32_only="unlearning trains in float32 and each cell is certified on the CPU in "
+                                           "float32; --device is where unlearning trains", chat_template=False)
     g = p.add_argument_group("executor (where the cells run)")
     g.add_argument("--executor", choices=("inprocess", "ray"), default="inprocess",
                    help="inprocess (default: one cell after another here) or ray (each cell a Ray task; "
@@ -72,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    check_pinned(args, device=False)
     methods = parse_list(args.methods)
     overrides = parse_method_overrides(args.overrides)
     unknown = sorted(set(overrides) - set(methods))
@@ -92,7 +100,15 @@ def run(args: argparse.Namespace) -> int:
                       base=args.base, benchmark=args.benchmark, policy=args.policy, cache=cache, overrides=overrides,
                       device=args.device, progress=not args.quiet, executor=executor,
                       include_forget_text=args.include_forget_text, overwrite=args.overwrite, baseline=baseline,
-                      baseline_path=None if baseline is None else str(args.baseline), tolerances=tolerances)
+                      baseline_path=None if baseline is None else str(args.baseline), tolerances=tolerances,
+                      cad=args.cad)
+    regressions = run_.regressions
+    if args.json:
+        saved = None if not args.save_baseline else str(write_results(run_.results, args.save_baseline))
+        print(json.dumps({"results": run_.results, "results_path": str(run_.results_path),
+                          "matrix": str(run_.html_path), "report": str(run_.report_path), "baseline_saved": saved,
+                          "regressions": None if baseline is None else [str(r) for r in regressions]}, indent=2))
+        return 1 if regressions else 0
     print(format_matrix_table(run_.results))
     print(f"results: {run_.results_path}")
     print(f"matrix: {run_.html_path}")
@@ -101,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"baseline saved: {write_results(run_.results, args.save_baseline)}")
     if baseline is None:
         return 0
-    regressions = run_.regressions
     if not regressions:
         print(f"baseline {args.baseline}: no regression")
         return 0

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a certify/matrix/demo output folder")
     p.add_argument("--out", default=None, help="HTML file to write (default DIR/index.html, replaced in place)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="page title (default: the run's own title)")
     p.add_argument("--include-forget-text", action="store_true",
                    help="write forget-set item text (hazardous) into the file, behind a redaction switch "
                         "(default: left out of the file)")

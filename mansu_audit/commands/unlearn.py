@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
+                                          add_output_args, check_pinned)
 from mansu_audit.unlearn import unlearn
 
 NAME = "unlearn"
@@ -12,17 +14,20 @@ HELP = "run an unlearning method on a model and write the checkpoint (safetensor
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True,
                    help="a method name (see `mansu-audit methods`) or path/to/file.py:ClassName")
-    p.add_argument("--model", required=True, help="'reference', 'reference-nf4grid' or a local causal-LM folder")
-    p.add_argument("--benchmark", default="synthhazard", help="'synthhazard' or a bundle folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the method's data order and initialisation "
+                   "(default %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method setting (repeatable); types are checked")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto (default %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(p)
+    add_model_args(p, allow_pickle=False)
+    add_loading_arguments(p, float32_only="training stays float32", chat_template=False)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_pinned(args, device=False)
     result = unlearn(args.method, args.model, args.benchmark, seed=args.seed, overrides=args.overrides,
                      out=args.out, device=args.device, progress=not args.quiet)
     last = result.diagnostics.get("loop", {}).get("last", {})

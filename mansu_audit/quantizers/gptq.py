@@ -255,6 +255,7 @@ def _registered(settings: GPTQSettings):
             raise InputError("gptq calibration corpus is empty")
         return gptq_quantize_model(model, inputs.calibration_texts, inputs.tokenizer, settings)
 
+    quantize.needs_calibration = True  # `certify` refuses a bundle without retain_corpus before any work
     return quantize
 
 

@@ -1,0 +1,189 @@
+"""One CLI (issue 13 §3) and one API (§4): shared options on every command, help texts, `--version`,
+`--cad skip` from matrix/demo down to certify, `certify(cad="skip")` the same as `cad=None`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import pytest
+
+import mansu_audit.matrix as matrix_module
+from conftest import REFERENCE_DIR, small_bundle, tiny_llama
+from mansu_audit._version import __version__
+from mansu_audit.cache import NoCache
+from mansu_audit.cli import build_parser, main
+from mansu_audit.errors import InputError
+from mansu_audit.policy import Policy
+
+certify_module = importlib.import_module("mansu_audit.certify")  # the module, not the function
+
+# Commands that load a model. verify re-runs at the certificate's recorded dtype (its --device defaults to the
+# recorded device), so it takes --device and --threads but no --dtype.
+MODEL_COMMANDS = ("attribute", "cad", "certify", "demo", "diagnose", "evaluate", "matrix", "unlearn", "verify")
+RECORDED_DTYPE = ("verify",)
+PROGRESS_COMMANDS = ("attribute", "cad", "certify", "demo", "evaluate", "matrix", "unlearn", "verify")
+TABLE_COMMANDS = ("cad", "certify", "demo", "diagnose", "evaluate", "matrix", "methods")
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _options(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {o: a for a in p._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+
+
+def test_model_commands_share_device_dtype_threads():
+    subs = _subparsers()
+    for name in MODEL_COMMANDS:
+        opts = _options(subs[name])
+        wanted = {"--device", "--threads"} | (set() if name in RECORDED_DTYPE else {"--dtype"})
+        assert wanted <= set(opts), (name, wanted - set(opts))
+        if name not in RECORDED_DTYPE:
+            assert opts["--device"].default == "auto" and opts["--dtype"].default == "auto", name
+
+
+def test_quiet_and_json_where_progress_or_a_table_is_printed():
+    subs = _subparsers()
+    for name in PROGRESS_COMMANDS:
+        assert "--quiet" in _options(subs[name]), name
+    for name in TABLE_COMMANDS:
+        assert "--json" in _options(subs[name]), name
+
+
+def test_every_option_has_help_showing_its_default():
+    for name, p in _subparsers().items():
+        for action in p._actions:
+            if not action.option_strings or "--help" in action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help and action.help.strip(), (name, action.option_strings)
+            if action.default not in (None, [], argparse.SUPPRESS) and not isinstance(action.default, bool):
+                assert "default" in action.help, (name, action.option_strings, action.default)
+
+
+def test_model_and_benchmark_help_is_one_shared_text():
+    subs = _subparsers()
+    for name, p in subs.items():
+        opts = _options(p)
+        for flag in ("--model", "--base", "--candidate"):
+            if flag in opts and not (name == "verify"):  # verify's default is the recorded model
+                text = opts[flag].help
+                for word in ("reference-nf4grid", "reference-oracle", "hub id", "LoRA adapter", ".gguf"):
+                    assert word in text, (name, flag, word)
+        if "--benchmark" in opts and name != "verify":
+            assert "synthhazard" in opts["--benchmark"].help and "lm-eval:FORGET,RETAIN" in opts["--benchmark"].help
+        p.format_help()  # every %(default)s expands
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mansu-audit {__version__}"
+
+
+@pytest.mark.parametrize("command", ["attribute", "diagnose"])
+def test_pinned_commands_refuse_other_devices(command, capsys):
+    args = {"attribute": ["--model", "reference", "--out", "x.json"],
+            "diagnose": ["--base", "reference", "--candidate", "reference"]}[command]
+    assert main([command, *args, "--dtype", "bfloat16"]) == 2
+    assert "runs in float32" in capsys.readouterr().err
+
+
+def test_cad_skip_reaches_run_matrix_and_run_demo(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise InputError("stop here")
+
+    monkeypatch.setattr("mansu_audit.commands.matrix.run_matrix", fake)
+    assert main(["matrix", "--methods", "ga", "--out", str(tmp_path / "m"), "--no-cache", "--cad", "skip"]) == 2
+    assert seen.pop("cad") == "skip"
+    monkeypatch.setattr("mansu_audit.commands.demo.run_demo", fake)
+    assert main(["demo", "--methods", "ga", "--out", str(tmp_path / "d"), "--no-cache", "--cad", "skip"]) == 2
+    assert seen.pop("cad") == "skip"
+    monkeypatch.setattr("mansu_audit.demo.run_matrix", fake)
+    from mansu_audit.demo import run_demo
+
+    with pytest.raises(InputError, match="stop here"):
+        run_demo(tmp_path / "d2", methods=("ga",), quantizers=("int8",), cad="skip")
+    assert seen.pop("cad") == "skip"
+
+
+def test_matrix_cell_passes_cad_to_certify(monkeypatch, tmp_path, bundle):
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_certify(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    class Executor:  # a "remote" executor: run_matrix neither loads the base nor evaluates it here
+        def map(self, fn, ctx, items, labels, progress=False):
+            seen["ctx"] = ctx
+            raise Stop
+
+    with pytest.raises(InputError, match="cad must be"):
+        matrix_module.run_matrix(("ga",), ("int8",), (0,), tmp_path / "bad", cache=NoCache(), cad="none",
+                                 executor=Executor(), benchmark=bundle)
+    with pytest.raises(Stop):
+        matrix_module.run_matrix(("ga",), ("int8",), (0,), tmp_path / "m", cache=NoCache(), cad="skip",
+                                 executor=Executor(), benchmark=bundle)
+    ctx = seen.pop("ctx")
+    assert ctx.cad == "skip"
+    monkeypatch.setattr(matrix_module, "certify", fake_certify)
+    monkeypatch.setattr(matrix_module, "load_model", lambda *a, **k: object())
+    monkeypatch.setattr(matrix_module, "model_content_sha256", lambda m: "0" * 64)
+    monkeypatch.setattr(matrix_module, "unlearned_checkpoint", lambda *a, **k: (tmp_path / "ckpt", {}))
+    with pytest.raises(Stop):
+        matrix_module.run_cell(ctx, ("ga", 0, (), "ga"))
+    assert seen["cad"] == "skip"
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from mansu_audit.loading import model_from_objects
+
+    tok = AutoTokenizer.from_pretrained(str(REFERENCE_DIR))
+    root = tmp_path_factory.mktemp("cad-skip")
+    base = model_from_objects(tiny_llama(len(tok), seed=0, hidden=32, intermediate=64), tok, "b")
+    cand = model_from_objects(tiny_llama(len(tok), seed=1, hidden=32, intermediate=64), tok, "c")
+    return base, cand, small_bundle(root / "bundle", n=8)
+
+
+def test_certify_cad_skip_equals_none(tiny_pair):
+    base, cand, bundle = tiny_pair
+    common = dict(quantizers=(), policy=Policy(bootstrap_replicates=200), relearn=None, consistency=None)
+    skipped = certify_module.certify(base, cand, bundle, cad="skip", **common)
+    none = certify_module.certify(base, cand, bundle, cad=None, **common)
+    assert skipped.body == none.body
+    assert skipped.body_sha256 == none.body_sha256
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"cad": "none"}, "cad must be"), ({"relearn": "yes"}, "relearn must be"),
+    ({"consistency": "on please"}, "consistency must be"), ({"chat_template": "maybe"}, "chat_template must be"),
+    ({"truncate": "right"}, "truncate must be"), ({"batch_size": 0}, "batch_size must be"),
+    ({"device": "tpu"}, "unknown device"), ({"dtype": "int3"}, "unknown dtype")])
+def test_certify_checks_every_argument_before_any_work(bad, match, monkeypatch, tmp_path):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(certify_module, "load_bundle", no_work)
+    monkeypatch.setattr(certify_module, "load_model", no_work)
+    with pytest.raises(InputError, match=match):
+        certify_module.certify("reference", "reference", "synthhazard", out=tmp_path / "out", **bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproducible_command_drops_json():
+    from mansu_audit.commands.certify import reproducible_command
+
+    assert "--json" not in reproducible_command(["certify", "--base", "b", "--candidate", "c", "--json"])
