@@ -61,12 +61,14 @@ def as_bundle(benchmark: str | Path | Bundle) -> Bundle:
 @with_thread_policy
 def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "synthhazard", *,
              quantizers: tuple[str, ...] = (), splits: tuple[str, ...] | None = None,
-             B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int | None = 64,
+             B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int | None = None,
              chat_template: str = "auto", truncate: str | None = None, progress: bool = False,
-             threads: int | None = None, scoring: str | None = None) -> Evaluation:
+             threads: int | None = None, scoring: str | None = None, device: str = "auto",
+             dtype: str | None = "auto", allow_pickle: bool = False) -> Evaluation:
     """Evaluate a model (and its quantized versions) on every MCQ split of a benchmark.
 
-    `batch_size=None` chooses it automatically (halving on out-of-memory);
+    Defaults are the CLI's (device and dtype "auto", automatic batch size), so the two
+    share cache entries. `batch_size=None` chooses it automatically (halving on out-of-memory);
     `chat_template` (auto|on|off) wraps prompts in the tokenizer's chat template;
     `truncate="left"` cuts prompts longer than the model's context (counted per split as
     `truncated`) instead of refusing them. `scoring` (letter | choice-text |
@@ -74,9 +76,9 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     (`mansu_audit.prompts`), recorded in `prompting`. `threads`: torch CPU threads while it runs
     (None: $MANSU_THREADS, else the detected default; `mansu_audit.threads`), restored after.
     """
-    loaded = load_model(model)
-    bundle = as_bundle(benchmark)
+    bundle = as_bundle(benchmark)  # cheap checks first
     scoring = bundle.check_scoring(scoring)
+    loaded = load_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
     chat_template = chat_mode_for(chat_template, scoring)
     prompt_fn = chat_prompt_fn(loaded.tokenizer, chat_template)
     batcher = AutoBatch(start=batch_size)

@@ -45,6 +45,8 @@ from mansu_audit.policy import Policy, load_policy
 from mansu_audit.prompts import CHAT_MODES, chat_mode_for, chat_prompt_fn, chat_template_record, scoring_key
 from mansu_audit.quantizers import available_quantizers, get_quantizer, quantize_model
 from mansu_audit.quantizers.gguf import artifact_record, load_artifact
+from mansu_audit.loading.bnb import bnb_artifact_record, is_bnb_folder, load_bnb_artifact
+from mansu_audit.loading.lora import AdapterDelta, is_adapter, read_adapter_delta
 from mansu_audit.recovery import run_stage as run_recovery
 from mansu_audit.stats import Estimate, mean_ci
 from mansu_audit.threads import choose_threads, with_thread_policy
@@ -58,6 +60,8 @@ LIBRARIES = ("torch", "transformers", "numpy", "scipy", "bitsandbytes", "safeten
 
 CadHook = Callable[[LoadedModel, LoadedModel, Bundle, Policy], object]
 ARTIFACT_BASE = "unquantized (a quantized artifact is given for the candidate only)"
+MERGED, ADAPTER_ON_QUANTIZED_BASE = "merged", "adapter-on-quantized-base"
+DEPLOYMENTS = (MERGED, ADAPTER_ON_QUANTIZED_BASE)  # deployment=: how a LoRA candidate is served quantized
 CadSpec = Union[str, Estimate, np.ndarray, CadHook, None]
 CAD_MODES = ("auto", "skip")  # the string forms of `cad=` (the CLI's --cad): "skip" is the same as None
 STAGE_MODES = ("auto", "on", "skip")  # relearn=, consistency= (None is "skip")
@@ -155,15 +159,26 @@ def check_artifacts(artifacts: dict[str, str | Path], quantizers: Sequence[str])
             raise InputError(f"quantized artifact name '{name}': use letters, digits, '.', '_', '-'")
         if name in taken:
             raise InputError(f"quantized artifact name '{name}' is already a quantizer or variant name; pick another")
-        artifact_record(path)  # exists, is .gguf, readable (one-line errors)
+        quantized_artifact_record(path)  # exists, is .gguf or a bitsandbytes folder, readable (one-line errors)
         out[name] = Path(path)
     return out
+
+
+def quantized_artifact_record(path: str | Path) -> dict:
+    """The certificate record of a quantized artifact: a bitsandbytes checkpoint folder or a GGUF file."""
+    return bnb_artifact_record(path) if is_bnb_folder(path) else artifact_record(path)
+
+
+def load_quantized_artifact(path: str | Path, like) -> object:
+    """The artifact's dequantized weights in a copy of `like` (`.model`, `.record`)."""
+    return load_bnb_artifact(path, like) if is_bnb_folder(path) else load_artifact(path, like)
 
 
 def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Sequence[str], cache: ResultCache, *,
                  batch_size: int | None = 64, chat_template: str = "off", progress: bool = False,
                  truncate: str | None = None, artifacts: dict[str, str | Path] | None = None,
-                 scoring: str = "letter") -> Evaluations:
+                 scoring: str = "letter", deployment: str = MERGED, adapter: AdapterDelta | None = None
+                 ) -> Evaluations:
     """Evaluate every (role, variant, split), reusing cached entries and caching each new one at once.
 
     A variant whose splits are all cached is not even quantized, so an interrupted
@@ -172,6 +187,9 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     tokenizer's chat template, and is part of every cache key; `truncate="left"`
     cuts prompts longer than the context instead of refusing them (also keyed);
     `scoring` is the MCQ scoring mode (`prompts.SCORING_MODES`; keyed unless "letter").
+    `deployment="adapter-on-quantized-base"` (with `adapter`, the candidate's LoRA factors over the
+    base): each quantized variant of the candidate is the base's quantized variant plus the adapter's
+    delta kept in full precision (keyed; `merged` quantizes the candidate's merged weights).
     """
     batcher = AutoBatch(start=batch_size, evaluator=evaluate_mcq)
     code = evaluation_code_sha256()
@@ -185,7 +203,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     artifacts = dict(artifacts or {})
     if artifacts:
         for name, path in artifacts.items():  # the file's digest enters the cache keys and the certificate
-            settings[name] = {**artifact_record(path), "base": ARTIFACT_BASE}
+            settings[name] = {**quantized_artifact_record(path), "base": ARTIFACT_BASE}
     seconds: dict[str, float] = {}
     for variant in (UNQUANTIZED, *quantizers):
         for role, model in models.items():
@@ -196,6 +214,10 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 "prompting": prompting[role], "subject_line": bundle.subject_line, "truncate": truncate,
                 **scoring_key(scoring), **runtime_record(model.model)}
                 for s in EVAL_SPLITS}
+            unmerged = deployment == ADAPTER_ON_QUANTIZED_BASE and role == CANDIDATE and variant != UNQUANTIZED
+            if unmerged and variant not in artifacts:
+                for s in EVAL_SPLITS:
+                    inputs[s]["deployment"] = deployment
             if variant in artifacts:  # base: unquantized; candidate: the artifact's weights
                 for s in EVAL_SPLITS:
                     inputs[s].update(calibration=None,
@@ -206,11 +228,12 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
             if any(v is None for v in cached.values()) and variant in artifacts:
                 if role == CANDIDATE:
                     _log(progress, f"loading {role} artifact {variant} ({settings[variant]['artifact']})")
-                    evaluated = load_artifact(artifacts[variant], model.model).model
+                    evaluated = load_quantized_artifact(artifacts[variant], model.model).model
             elif any(v is None for v in cached.values()) and variant != UNQUANTIZED:
-                _log(progress, f"quantizing {role} with {variant}")
-                quantized = _quantize(model, variant, bundle)
-                evaluated = quantized.model
+                _log(progress, f"quantizing {role} with {variant}" + (" (base quantized, adapter in full precision)"
+                                                                      if unmerged else ""))
+                quantized = _quantize(models[BASE] if unmerged else model, variant, bundle)
+                evaluated = adapter.apply(quantized.model) if unmerged else quantized.model
                 seconds[f"quantize:{timed}"] = round(time.perf_counter() - started, 3)
                 settings.setdefault(variant, json_copy(quantized.settings, default=str))
                 del quantized  # keep only the model: the per-weight records are not needed here
@@ -435,20 +458,23 @@ def build_body(assessment: Assessment, evals: Evaluations, models: dict[str, Loa
 def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             benchmark: str | Path | Bundle = "synthhazard", *, quantizers: Sequence[str] = DEFAULT_QUANTIZERS,
             policy: Policy | str | Path | None = None, out: str | Path | None = None, cad: CadSpec = "auto",
-            cache: ResultCache | None = None, batch_size: int | None = 64, allow_pickle: bool = False,
-            device: str = "cpu", dtype: str | None = None, chat_template: str = "auto",
+            cache: ResultCache | None = None, batch_size: int | None = None, allow_pickle: bool = False,
+            device: str = "auto", dtype: str | None = "auto", chat_template: str = "auto",
             truncate: str | None = None, progress: bool = False, overwrite: bool = False, sign_key=None,
             command: str | None = None, relearn: str | None = "auto",
             oracle: str | Path | LoadedModel | None = None, consistency: str | None = "auto",
             artifacts: dict[str, str | Path] | None = None, scoring: str | None = None,
+            deployment: str = MERGED,
             threads: int | None = None) -> Certificate:
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
     `policy` is a `Policy`, a YAML file or None (defaults). `cache` defaults to
     no cache (the library keeps no hidden state); pass `ResultCache()` to use the CLI's cache
     ($MANSU_CACHE_DIR or ~/.cache/mansu-audit) and share its entries.
-    Models given by name load on `device` ("auto": the GPU when present) in `dtype`
-    (None: float32 on CPU, bf16 on GPU); `batch_size=None` is chosen automatically.
+    Defaults are the CLI's, so the API and the CLI share cache entries: models given by
+    name load on `device` ("auto": the GPU when present) in `dtype` ("auto": float32 on
+    CPU, bf16 on GPU); `batch_size=None` (auto: 64 on CPU, 256 on GPU, halved on
+    out-of-memory).
     `chat_template` (auto|on|off) is recorded in the certificate's `prompting`;
     `truncate="left"` cuts prompts longer than the models' context (recorded there with
     the count per split) instead of refusing them. `scoring` (letter | choice-text |
@@ -476,6 +502,19 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     of that name (Q[name], G_Q[name]), the base unquantized beside it, and the file's
     SHA-256, type and tensor types are recorded under `quantizers[name].settings`.
 
+    A bitsandbytes checkpoint folder of the candidate (config.json with a bitsandbytes
+    `quantization_config`, 4-bit nf4/fp4 or 8-bit) is an artifact too: dequantized with
+    bitsandbytes' own functions (`mansu_audit.loading.bnb`), the digest of its config and
+    weight files recorded.
+
+    `deployment` ("merged" | "adapter-on-quantized-base") is how a LoRA-adapter candidate
+    is deployed quantized: "merged" quantizes the merged dense weights; with
+    "adapter-on-quantized-base" each quantized variant is the quantized base plus the
+    adapter's delta scale·B·A in full precision (as QLoRA/PEFT serve it), so an update
+    smaller than a quantization bin survives. The adapter must be plain LoRA over `base`
+    (checked). A certificate has one deployment mode (body `deployment`), so its Q and
+    G_Q are those of that mode; certify twice to compare the two.
+
     `threads`: torch CPU threads for the run (None: $MANSU_THREADS, else the detected
     default; `mansu_audit.threads`), restored after it and recorded in run.json.
     """
@@ -484,6 +523,12 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     started = time.perf_counter()
     check_arguments(cad=cad, relearn=relearn, consistency=consistency, chat_template=chat_template,
                     truncate=truncate, batch_size=batch_size, device=device, dtype=dtype)
+    if deployment not in DEPLOYMENTS:
+        raise InputError(f"deployment must be one of {', '.join(DEPLOYMENTS)}, not {deployment!r}")
+    cand_folder = candidate.path if isinstance(candidate, LoadedModel) else candidate
+    if deployment == ADAPTER_ON_QUANTIZED_BASE and (cand_folder is None or not is_adapter(cand_folder)):
+        raise InputError(f"deployment '{deployment}' needs a LoRA adapter folder (adapter_config.json) as the "
+                         f"candidate; {cand_folder} is not one")
     if out is not None:
         check_output_dir(out, overwrite)
     if sign_key is not None and not hasattr(sign_key, "sign"):
@@ -500,12 +545,14 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)  # cheap checks first
     for split in EVAL_SPLITS:
         bundle.split(split)
-    check_quantizers(quantizers, bundle)
+    check_quantizers(tuple(q for q in quantizers if q not in artifacts), bundle)  # calibration needs
     scoring = bundle.check_scoring(scoring)
     chat_template = chat_mode_for(chat_template, scoring)
     base_m = load_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
     cand_m = load_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
     check_compatible(base_m, cand_m)
+    adapter = None if deployment == MERGED else read_adapter_delta(Path(cand_folder), base_m.model, cand_m.model,
+                                                                   allow_pickle)
     models = {BASE: base_m, CANDIDATE: cand_m}
     run_relearn = _stage_wanted("relearn", relearn, auto="forget_attack" in bundle.mcq or oracle is not None)
     run_consistency = _stage_wanted("consistency", consistency, auto=True)
@@ -515,7 +562,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
 
     timings = {"load": time.perf_counter() - started}
     evals = evaluate_all(models, bundle, quantizers, cache, batch_size=batch_size, chat_template=chat_template,
-                         progress=progress, truncate=truncate, artifacts=artifacts, scoring=scoring)
+                         progress=progress, truncate=truncate, artifacts=artifacts, scoring=scoring,
+                         deployment=deployment, adapter=adapter)
     timings["evaluate"] = time.perf_counter() - started - sum(timings.values())
     cad_estimate, cad_details = resolve_cad(cad, base_m, cand_m, bundle, policy, cache, progress)
     timings["cad"] = time.perf_counter() - started - sum(timings.values())
@@ -540,12 +588,16 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
         timings["consistency"] = time.perf_counter() - started - sum(timings.values())
     assessment = assess(evals.results["forget_eval"], evals.results["retain_eval"], quantizers, policy,
                         cad=cad_estimate, cad_control=cad_control_from_details(cad_details),
-                        relearn=None if recovery_stage is None else recovery_stage.relearn)
+                        relearn=None if recovery_stage is None else recovery_stage.relearn, scoring=scoring)
     timings["assess"] = time.perf_counter() - started - sum(timings.values())  # paired bootstrap and verdicts
     sidecar = sidecar_bytes(evals, bundle, quantizers, cad_details)
     body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar,
                       chat_template, truncate, scoring)
     body["command"] = command
+    body["deployment"] = {"mode": deployment} if adapter is None else {
+        "mode": deployment, "adapter": Path(cand_folder).name, "modules": len(adapter.pairs),
+        "replaced": len(adapter.replaced),
+        "served": "quantized --base weights + the adapter's scale·B·A in the model dtype (not quantized)"}
     if recovery_stage is not None:
         body["recovery"] = recovery_stage.section
     if consistency_section is not None:

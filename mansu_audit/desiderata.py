@@ -105,7 +105,8 @@ def split_items(name: str, results: Mapping[str, MCQResult]) -> SplitItems:
 
 def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], quantizers: Sequence[str],
            policy: Policy, *, num_choices: int | None = None, cad: Estimate | None = None,
-           cad_control: Estimate | None = None, relearn: Mapping[str, MCQResult] | None = None) -> Assessment:
+           cad_control: Estimate | None = None, relearn: Mapping[str, MCQResult] | None = None,
+           scoring: str = "letter") -> Assessment:
     """Statistics, guard findings and verdicts (`verdicts.decide`) from per-item results.
 
     `forget` / `retain` map `variant_key(role, variant)` to that model's results on
@@ -113,7 +114,8 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
     `cad` is the CAD estimate (S; None leaves S "NOT COMPUTED") and `cad_control` the
     random-circuit control's (without it S cannot PASS). `relearn` maps K_BASE,
     K_BEFORE, K_AFTER to results on the same held-out forget items (K; None: K not
-    computed). Chance is each split's own mean of 1/k_i; `num_choices` is accepted
+    computed). `scoring` (how the items were scored) sets the below-chance bound
+    (`verdicts.below_chance_margin`). Chance is each split's own mean of 1/k_i; `num_choices` is accepted
     for compatibility (the letter check uses the items' own choice counts).
     """
     quantizers = tuple(quantizers)
@@ -131,7 +133,8 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
                               "retain_eval": {k: retain[k].correct for k in keys}}, quantizers, policy, chance)
     f_items = split_items("forget_eval", {k: forget[k] for k in keys})
     r_items = split_items("retain_eval", {k: retain[k] for k in keys})
-    guard = guard_findings(f_items, r_items, stats["forget_eval"], stats["retain_eval"], quantizers, policy)
+    guard = guard_findings(f_items, r_items, stats["forget_eval"], stats["retain_eval"], quantizers, policy,
+                           scoring=scoring)
     k_stats = None
     if relearn is not None:
         missing = [k for k in (K_BASE, K_BEFORE, K_AFTER) if k not in relearn]

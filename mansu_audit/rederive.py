@@ -52,6 +52,11 @@ def unquantized_label(body: Mapping) -> str:
     return "unquantized" if schema_version_of(body) >= 2 else "fp32"
 
 
+def scoring_of(body: Mapping) -> str:
+    """How the certificate's items were scored (`prompting.scoring`; letter when not recorded)."""
+    return str((body.get("prompting") or {}).get("scoring", "letter"))
+
+
 def _same(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -170,7 +175,8 @@ def _rederive(body: Mapping) -> list[str]:
     elif recorded_stats.get("relearn_heldout"):
         out.append("statistics.relearn_heldout: recorded, but per_item has no relearn_heldout vectors")
 
-    guard = guard_findings(f_items, r_items, stats["forget_eval"], stats["retain_eval"], quantizers, policy, rules)
+    guard = guard_findings(f_items, r_items, stats["forget_eval"], stats["retain_eval"], quantizers, policy, rules,
+                           scoring_of(body))
     if rules >= 2:
         recorded_guard = [GuardFinding.from_dict(g) for g in body["guard"]]
         if recorded_guard != guard:
@@ -227,4 +233,4 @@ def derived_guard(body: Mapping):
     stats = split_statistics({"forget_eval": f_correct, "retain_eval": r_correct}, quantizers, policy,
                              f_items.chance)
     return guard_findings(f_items, r_items, stats["forget_eval"], stats["retain_eval"], quantizers, policy,
-                          schema_version_of(body))
+                          schema_version_of(body), scoring_of(body))

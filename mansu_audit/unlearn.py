@@ -28,7 +28,7 @@ from mansu_audit._version import __version__
 from mansu_audit.api import as_bundle
 from mansu_audit.data import Bundle
 from mansu_audit.errors import InputError
-from mansu_audit.io import ordinary_permissions
+from mansu_audit.io import json_copy, ordinary_permissions
 from mansu_audit.loading import BUNDLED_MODELS, LoadedModel, load_model, plan_device
 from mansu_audit.loading.hub import is_hub_id
 from mansu_audit.registry import get_method
@@ -54,14 +54,27 @@ def _check_out(out: Path) -> None:
         raise InputError("parent folder of the output does not exist", out.parent)
 
 
-def _record(result, method, loaded: LoadedModel, bundle: Bundle, device: torch.device) -> dict:
+def method_code_record(method) -> dict:
+    """SHA-256 of each file a method's code consists of (`registry.code_files`: its own source file, e.g. a
+    plugin's `file.py`, and the shared method modules it imports), by file name."""
+    from mansu_audit.io import sha256_file
+    from mansu_audit.registry import code_files
+
+    return {str(path.name): sha256_file(path) for path in code_files(type(method))}
+
+
+def _record(result, method, loaded: LoadedModel, bundle: Bundle, device: torch.device, settings) -> dict:
+    import dataclasses
+
     import transformers
 
+    given = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
     return {
         "record_version": RECORD_VERSION,
         "method": result.method or getattr(method, "name", type(method).__name__),
         "method_class": f"{type(method).__module__}.{type(method).__qualname__}",
-        "settings": result.settings,
+        "method_code": method_code_record(method),
+        "settings": result.settings or json_copy(given, default=str),
         "seed": result.seed,
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
@@ -139,5 +152,5 @@ def unlearn(method: str | type | Any, model: str | Path | LoadedModel, benchmark
         result.model.to("cpu")
         if is_adapter_model(result.model):
             result.model.peft_config["default"].base_model_name_or_path = adapter_base_spec(loaded)
-        write_checkpoint(out, result.model, loaded.tokenizer, _record(result, instance, loaded, bundle, dev))
+        write_checkpoint(out, result.model, loaded.tokenizer, _record(result, instance, loaded, bundle, dev, settings))
     return result

@@ -12,13 +12,16 @@ not finite is INCONCLUSIVE.
 
 F (meaningful forgetting): D_F = A_f(θ0) − A_f(θu), PASS if low >= `min_forget_drop`.
   *Below chance is knowledge* (flagged in F, not K): a candidate whose forget
-  accuracy's upper CI bound is below chance by more than `chance_margin` avoids the
-  right answer more often than a guesser would, so it still identifies it. The
-  margin: the item bootstrap treats items as independent, but items about one entity
-  share its name in the prompt and answers come from one value pool, so a model that
-  never knew the facts can sit a few points under 1/k: the bundled oracle under
-  choice-text scoring answers 0.186 [0.150, 0.224] (its empty-context prior: 0.250),
-  while the suppressed model of the verdict panel answers 0.005. F is where the evidence lives (the
+  accuracy's upper CI bound is below chance avoids the right answer more often than
+  a guesser would, so it still identifies it. Under letter scoring chance is 1/k
+  exactly (each item's answer position is drawn on its own) and the rule is strict:
+  a model trained to answer the next letter, at 0.208 [0.172, 0.246], is caught.
+  Under the choice-text modes the bound is chance − `chance_margin`
+  (`below_chance_margin`): a model scores the choices' own texts, items about one
+  entity share its name and answers come from one value pool, so the item bootstrap
+  is too narrow and a model that never knew the facts can sit a few points under
+  1/k (the bundled oracle: 0.186 [0.150, 0.224]; its empty-context prior picks the
+  answer 0.250 of the time). F is where the evidence lives (the
   same forget_eval vector D_F is computed from, available in every certificate,
   while K exists only when the relearning attack ran), and F's claim, "the
   knowledge is gone", is what such a model contradicts. The finding
@@ -31,13 +34,16 @@ Q (knowledge does not come back under quantization), per quantizer, decided on
   fraction G_Q / D_F. The absolute rule (gap's upper bound <= 0.02) needs a CI
   narrower than 420 items give for a model that recovered nothing (an oracle at
   chance gets [-0.010, +0.029]). So:
-  1. when D_F is clearly positive (low > 0: there is forgotten knowledge to
-     recover), the statistic is the recovered fraction RF = G_Q / D_F:
+  1. when D_F clears F's own bar (low >= `min_forget_drop`: there is forgotten
+     knowledge to recover), the statistic is the recovered fraction RF = G_Q / D_F:
      PASS if RF.high <= `max_recovery_fraction` (default 0.10: at most a tenth of
      what was forgotten may return; at n = 420 and D_F ~ 0.5 the MDE of RF is
      ~0.07, so a model that recovered nothing passes), FAIL if RF.low is above it;
-  2. otherwise (nothing clearly forgotten) the SPEC's absolute gap rule:
-     PASS if G_Q <= 0 and G_Q.high <= `max_ptq_gap`, FAIL if G_Q.low > 0;
+  2. otherwise (little or nothing clearly forgotten) the SPEC's absolute gap rule:
+     PASS if G_Q <= 0 and G_Q.high <= `max_ptq_gap`, FAIL if G_Q.low > 0. With D_F
+     just above 0 the ratio's interval explodes (NPO in the demo: D_F 0.029, G_Q
+     -0.002 [-0.012, +0.007], RF -0.08 [-0.67, +0.25]), which says nothing about
+     quantization; such a model FAILs F anyway;
   3. chance clause (SPEC "Q near chance"): an INCONCLUSIVE Q[q] is PASS when the
      quantized candidate's forget accuracy CI lies inside chance ± `chance_margin`:
      a model answering at chance has recovered nothing. It never overturns a FAIL.
@@ -210,12 +216,12 @@ def q_verdict(q: str, forget: Mapping[str, Estimate], policy: Policy, chance: fl
     rf = forget[f"recovery_fraction[{q}]"]
     d_f = forget["D_F"]
     acc_q = forget[f"acc[{variant_key(CANDIDATE, q)}]"]
-    if np.isfinite(d_f.low) and d_f.low > 0 and np.isfinite(rf.low) and np.isfinite(rf.high):
+    if np.isfinite(d_f.low) and d_f.low >= policy.min_forget_drop and np.isfinite(rf.low) and np.isfinite(rf.high):
         v = Verdict(f"Q[{q}]", verdict_at_most(rf, policy.max_recovery_fraction), f"recovery_fraction[{q}]", rf,
                     policy.max_recovery_fraction, f"recovered fraction G_Q/D_F; G_Q {_fmt_ci(gap)}")
     else:
         v = Verdict(f"Q[{q}]", verdict_ptq_gap(gap, policy.max_ptq_gap), f"G_Q[{q}]", gap, policy.max_ptq_gap,
-                    "D_F not clearly positive: absolute gap rule")
+                    f"D_F not clearly above min_forget_drop {policy.min_forget_drop:.2f}: absolute gap rule")
     lo, hi = chance - policy.chance_margin, chance + policy.chance_margin
     if v.verdict == INCONCLUSIVE and np.isfinite(acc_q.low) and lo <= acc_q.low and acc_q.high <= hi:
         v = Verdict(v.name, PASS, v.statistic, v.estimate, v.threshold,
@@ -318,10 +324,17 @@ class SplitItems:
         return float(np.mean(1.0 / np.maximum(self.num_choices, 1)))
 
 
+def below_chance_margin(policy: Policy, scoring: str = "letter") -> float:
+    """How far under chance a forget accuracy's upper bound must be to count as knowledge (module docstring):
+    0 under letter scoring, `chance_margin` under the choice-text modes."""
+    return 0.0 if scoring == "letter" else policy.chance_margin
+
+
 def guard_findings(forget: SplitItems, retain: SplitItems, forget_stats: Mapping[str, Estimate],
                    retain_stats: Mapping[str, Estimate], quantizers: Sequence[str], policy: Policy,
-                   rules: int = 2) -> list[GuardFinding]:
+                   rules: int = 2, scoring: str = "letter") -> list[GuardFinding]:
     """Over-unlearning and below-chance findings for every candidate variant (module docstring)."""
+    margin = below_chance_margin(policy, scoring)
     num_choices = int(max(forget.num_choices.max(), retain.num_choices.max()))
     out = []
     for variant in (UNQUANTIZED, *quantizers):
@@ -340,11 +353,12 @@ def guard_findings(forget: SplitItems, retain: SplitItems, forget_stats: Mapping
                 out.append(GuardFinding("degenerate_outputs", target, FAIL,
                                         f"over-unlearning ({key}): degenerate outputs: {finding}", key, scope))
         f_acc = forget_stats[f"acc[{key}]"]
-        if rules >= 2 and np.isfinite(f_acc.high) and f_acc.high < forget.chance - policy.chance_margin:
+        if rules >= 2 and np.isfinite(f_acc.high) and f_acc.high < forget.chance - margin:
+            bound = f"{forget.chance:.2f}" + (f" - {margin:.2f}" if margin else "")
             out.append(GuardFinding("below_chance", target, FAIL,
                                     f"below chance ({key}): forget accuracy {_fmt_ci(f_acc)} is wholly below chance "
-                                    f"{forget.chance:.2f} - {policy.chance_margin:.2f}: the model still identifies "
-                                    f"the right answer by avoiding it", key, "self"))
+                                    f"{bound}: the model still identifies the right answer by avoiding it",
+                                    key, "self"))
     return out
 
 

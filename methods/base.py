@@ -111,6 +111,9 @@ class Method:
 
     name: ClassVar[str] = ""
     Settings: ClassVar[type] = MethodSettings
+    # setting -> list of values or (low, high[, "log"]) range, searched by `mansu-audit tune`
+    # (mansu_audit.tune); empty: the method cannot be tuned
+    search_space: ClassVar[dict] = {}
 
     def run(self, context: UnlearnContext, settings: Any) -> UnlearnResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -3,9 +3,12 @@
 The simplest baseline (Zhang et al.; the paper's "Global GA"): maximise the
 forget NLL, no retain term. Defaults adapted to the reference model (4 layers,
 256 wide, 3.5M parameters, facts memorised from ~1k sentences): AdamW lr 1e-4,
-60 steps of 16 forget_corpus sentences. Measured on `reference` (seed 0, CPU):
-forget_eval 0.998 -> 0.843, retain_eval 0.987 -> 0.870; lr 5e-5 barely forgets
-(0.988), lr 1e-4 x 100 steps or 3e-4 collapse retain too (<= 0.43).
+60 steps of 16 forget_corpus sentences. Measured on `reference` (seed 0, CPU) with
+the version-1 bundle: forget_eval 0.998 -> 0.843, retain_eval 0.987 -> 0.870; lr 5e-5
+barely forgets (0.988), lr 1e-4 x 100 steps or 3e-4 collapse retain too (<= 0.43).
+With the version-2 bundle, whose forget_corpus adds 60 agents the reference never
+learned (so a third of each batch is spent on unknown facts), the defaults give
+forget_eval 0.960, retain_eval 0.957 (letter scoring).
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ class GlobalGA(Method):
     class Settings(MethodSettings):
         steps: int = 60
         lr: float = 1e-4
+
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (3e-5, 3e-4, "log"), "steps": [30, 60, 100]}
 
     def run(self, context, settings):
         model = context.trainable_copy()

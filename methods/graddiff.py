@@ -23,6 +23,9 @@ class GradDiff(Method):
         lr: float = 5e-5
         retain_weight: float = 1.0
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (2e-5, 5e-4, "log"), "steps": [30, 60, 100], "retain_weight": [0.5, 1.0, 2.0]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         data = data_from_settings(settings, context, with_retain=True)

@@ -55,6 +55,9 @@ class GUSimNPO(Method):
 
         retain_subspace_dim: int = 4
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (3e-5, 1e-3, "log"), "steps": [30, 60, 100], "retain_subspace_dim": [2, 4, 8]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         data = data_from_settings(settings, context, with_retain=True)

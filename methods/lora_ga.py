@@ -27,6 +27,9 @@ class LoraGA(Method):
         steps: int = 60
         lr: float = 5e-4
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (1e-4, 3e-3, "log"), "steps": [30, 60, 100], "rank": [4, 8, 16]}
+
     def run(self, context, settings):
         def objective(m, forget, retain, step):
             return {"forget": -sequence_nll(m, forget).mean()}

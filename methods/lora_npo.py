@@ -32,6 +32,9 @@ class LoraNPO(Method):
         beta: float = 0.1
         retain_weight: float = 1.0
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (2e-4, 5e-3, "log"), "steps": [30, 60, 100], "beta": [0.05, 0.1, 0.5]}
+
     def run(self, context, settings):
         def objective(m, forget, retain, step):
             logp, _ = sequence_logprobs(m, forget)

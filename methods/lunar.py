@@ -46,6 +46,9 @@ class LUNAR(Method):
         retain_weight: float = 1.0
         direction_batches: int = 8
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (1e-4, 3e-3, "log"), "steps": [30, 60, 100], "layer": [1, 2, 3]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         check_layers(model, settings.layer)

@@ -211,6 +211,10 @@ class Mansu(Method):
     name = "mansu"
     Settings = MansuSettings
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (3e-4, 1e-2, "log"), "steps": [30, 60, 120], "circuit_frac": [0.005, 0.01, 0.03],
+                    "floor_margin": [0.02, 0.05, 0.1]}
+
     def run(self, context: UnlearnContext, settings: MansuSettings) -> UnlearnResult:
         start = time.perf_counter()
         timings: dict[str, float] = {}

@@ -34,6 +34,9 @@ class NPO(Method):
         beta: float = 0.1
         retain_weight: float = 1.0
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (3e-5, 1e-3, "log"), "steps": [30, 60, 100], "beta": [0.05, 0.1, 0.5]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         reference = context.frozen_copy()

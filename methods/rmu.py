@@ -51,6 +51,9 @@ class RMU(Method):
         steering_scale: float = 3.0
         alpha: float = 100.0
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (1e-4, 3e-3, "log"), "steps": [30, 60, 100], "steering_scale": [1.0, 3.0, 10.0]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         check_layers(model, settings.first_update_layer, settings.layer)

@@ -125,6 +125,9 @@ class SAF(Method):
         rho: float = 0.05
         quantizer: str = "nf4"
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (3e-5, 1e-3, "log"), "steps": [30, 60, 100], "rho": [0.01, 0.05, 0.1]}
+
     def run(self, context, settings):
         dequantize = weight_dequantizer(settings.quantizer)  # InputError for unknown / not weight-wise
         model = context.trainable_copy()

@@ -42,6 +42,9 @@ class SimNPO(Method):
         gamma: float = 0.0
         retain_weight: float = 1.0
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (3e-5, 1e-3, "log"), "steps": [30, 60, 100], "beta": [1.0, 2.5, 5.0]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         data = data_from_settings(settings, context, with_retain=settings.retain_weight > 0)

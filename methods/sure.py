@@ -48,6 +48,9 @@ class SURE(Method):
         saliency_batches: int = 4
         retain_weight: float = 1.0
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (1e-4, 2e-3, "log"), "steps": [20, 40, 80], "saliency_fraction": [0.25, 0.5, 0.75]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         data = data_from_settings(settings, context, with_retain=True)

@@ -36,6 +36,9 @@ class SurgicalGA(Method):
         first_layer: int = 1
         last_layer: int = 2
 
+    # what `mansu-audit tune` searches (format: mansu_audit.tune)
+    search_space = {"lr": (5e-5, 1e-3, "log"), "steps": [30, 60, 100]}
+
     def run(self, context, settings):
         model = context.trainable_copy()
         check_layers(model, settings.first_layer, settings.last_layer)

@@ -281,14 +281,31 @@ def test_below_chance_forget_accuracy_fails_f():
     assert a.overall == FAIL
 
 
-def test_a_few_points_under_chance_is_not_knowledge():
-    """Within `chance_margin` of chance (the oracle under choice-text scoring: 0.186 [0.150, 0.224]) no finding."""
+def test_q_uses_the_gap_rule_when_little_was_forgotten():
+    """NPO in the demo: D_F 0.029 (low > 0 but below min_forget_drop), G_Q ~0: the ratio G_Q/D_F would span
+    [-0.67, +0.25] (INCONCLUSIVE); the absolute gap rule decides instead (PASS), and F FAILs."""
+    n = 420
+    base = exact(n, 419)
+    cand = exact(n, 407)  # D_F = 12/420 = 0.029
+    a = assess(*panel(base, cand, cand), ["nf4"], FAST)
+    assert a.verdicts["Q[nf4]"].verdict == PASS and a.verdicts["Q[nf4]"].statistic == "G_Q[nf4]"
+    assert "absolute gap rule" in a.verdicts["Q[nf4]"].reason
+    assert a.verdicts["F"].verdict == FAIL
+
+
+def test_below_chance_bound_depends_on_the_scoring():
+    """0.200 (upper CI ~0.24): knowledge under letter scoring (chance is exactly 1/k there; the next-letter
+    model of test_certify sits at 0.208), not under choice-text scoring, where the bound is chance -
+    `chance_margin` (the oracle's cloze accuracy is 0.186 [0.150, 0.224])."""
     n = 420
     base = exact(n, 400)
-    cand = exact(n, 84)  # 0.200: upper CI ~0.24 < 0.25, but not below 0.25 - 0.05
-    a = assess(*panel(base, cand, cand), ["nf4"], FAST)
-    assert "below_chance" not in {g.code for g in a.guard}
-    assert a.verdicts["F"].verdict == PASS
+    cand = exact(n, 84)
+    letter = assess(*panel(base, cand, cand), ["nf4"], FAST)
+    assert ("below_chance", "F") in {(g.code, g.desideratum) for g in letter.guard}
+    assert letter.verdicts["F"].verdict == FAIL
+    text = assess(*panel(base, cand, cand), ["nf4"], FAST, scoring="choice-text")
+    assert "below_chance" not in {g.code for g in text.guard}
+    assert text.verdicts["F"].verdict == PASS
 
 
 def test_s_requires_the_circuit_to_beat_the_random_control():

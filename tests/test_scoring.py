@@ -97,3 +97,18 @@ def test_gptq_without_retain_corpus_is_refused_before_any_model_loads(tmp_path):
                                                  "answer": 0}) + "\n")
     with pytest.raises(InputError, match="'gptq' calibrates on the benchmark's retain_corpus"):
         certify("no-such-model-folder", "no-such-model-folder", tmp_path, quantizers=("gptq",), cad=None)
+
+
+def test_api_and_cli_share_cache_entries(tmp_path):
+    """Same defaults (device/dtype auto, automatic batch size): the CLI after the API computes nothing new."""
+    from mansu_audit.cache import ResultCache
+
+    cache_dir = tmp_path / "cache"
+    certify("reference", "reference-oracle", quantizers=("int8",), cad="skip", relearn="skip",
+            consistency="skip", cache=ResultCache(cache_dir))
+    before = sorted(p.name for p in cache_dir.rglob("*.json"))
+    assert before
+    assert main(["certify", "--base", "reference", "--candidate", "reference-oracle", "--quantizers", "int8",
+                 "--cad", "skip", "--relearn", "skip", "--consistency", "skip", "--cache-dir", str(cache_dir),
+                 "--quiet", "--out", str(tmp_path / "cli")]) in (0, 1, 3)
+    assert sorted(p.name for p in cache_dir.rglob("*.json")) == before

@@ -137,3 +137,13 @@ def parse_batch_size(text: str) -> int | None:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    """The options `matrix` and `demo` share: CAD, cache, output, threads, where unlearning trains."""
+    add_cad_arg(p)
+    add_cache_args(p, forget_text=True)
+    add_output_args(p, json=True)
+    add_model_args(p, allow_pickle=False)
+    add_loading_arguments(p, float32_only="unlearning trains in float32 and each cell is certified on the CPU in "
+                                           "float32; --device is where unlearning trains", chat_template=False)

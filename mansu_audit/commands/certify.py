@@ -8,7 +8,7 @@ from pathlib import Path
 from mansu_audit.attest import load_private_key
 from mansu_audit.cache import NoCache, ResultCache
 from mansu_audit.certificate import format_verdict_table, guard_messages
-from mansu_audit.certify import certify
+from mansu_audit.certify import DEPLOYMENTS, MERGED, certify
 from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_cache_args, add_cad_arg, add_loading_args,
                                           add_model_args, add_output_args, parse_list)
 from mansu_audit.errors import InputError
@@ -36,10 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consistency", choices=("auto", "skip"), default="auto",
                    help="report base and candidate accuracy under every cyclic rotation of the choices and flag "
                         "order-dependent models (skip: leave it out; default %(default)s)")
-    p.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH.gguf",
-                   help="evaluate a GGUF file of the candidate made elsewhere (e.g. llama.cpp Q4_K_M) as its "
-                        "quantized variant NAME (Q[NAME]; base unquantized beside it; the file's SHA-256 is "
-                        "recorded); repeatable")
+    p.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH",
+                   help="evaluate a quantized artifact of the candidate made elsewhere as its quantized variant "
+                        "NAME (Q[NAME]; base unquantized beside it; its digest is recorded): a GGUF file (e.g. "
+                        "llama.cpp Q4_K_M) or a bitsandbytes 4-bit/8-bit checkpoint folder; repeatable")
+    p.add_argument("--deployment", choices=DEPLOYMENTS, default=MERGED,
+                   help="how a LoRA-adapter candidate is served quantized: merged (quantize the merged weights) or "
+                        "adapter-on-quantized-base (quantized base + the adapter in full precision, as QLoRA/PEFT "
+                        "serve it); recorded in the certificate (default %(default)s)")
     add_cad_arg(p)
     add_cache_args(p)
     add_output_args(p, json=True)
@@ -74,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                    progress=not args.quiet,
                    overwrite=args.overwrite, threads=args.threads,
                    sign_key=sign_key, command=reproducible_command(getattr(args, "_argv", None)),
-                   relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts)
+                   relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts,
+                   deployment=args.deployment)
 
     body = cert.body
     if args.json:
@@ -103,7 +108,8 @@ def parse_artifacts(values: list[str]) -> dict[str, str]:
     for value in values:
         name, eq, path = value.partition("=")
         if not eq or not name.strip() or not path.strip():
-            raise InputError(f"--quantized-artifact '{value}': expected NAME=PATH.gguf")
+            raise InputError(f"--quantized-artifact '{value}': expected NAME=PATH (a .gguf file or a "
+                             f"bitsandbytes checkpoint folder)")
         if name.strip() in out:
             raise InputError(f"--quantized-artifact: the name '{name.strip()}' is given twice")
         out[name.strip()] = path.strip()

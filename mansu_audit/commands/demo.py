@@ -5,8 +5,7 @@ import argparse
 import json
 
 from mansu_audit.cache import NoCache, ResultCache
-from mansu_audit.commands._common import (add_cache_args, add_cad_arg, add_loading_arguments, add_model_args,
-                                          add_output_args, check_pinned, parse_list)
+from mansu_audit.commands._common import add_grid_args, check_pinned, parse_list
 from mansu_audit.demo import DEMO_METHODS, DEMO_OUT, DEMO_QUANTIZERS, run_demo
 from mansu_audit.matrix import format_matrix_table
 from mansu_audit.outdir import check_cache_dir, check_output_dir
@@ -25,12 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "otherwise when --out is not empty)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma list (default %(default)s)")
     p.add_argument("--quantizers", default=",".join(DEMO_QUANTIZERS), help="comma list (default %(default)s)")
-    add_cad_arg(p)
-    add_cache_args(p, forget_text=True)
-    add_output_args(p, json=True)
-    add_model_args(p, allow_pickle=False)
-    add_loading_arguments(p, float32_only="unlearning trains in float32 and each cell is certified on the CPU in "
-                                           "float32; --device is where unlearning trains", chat_template=False)
+    add_grid_args(p)
 
 
 def run(args: argparse.Namespace) -> int:

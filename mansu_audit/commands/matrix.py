@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 from mansu_audit.cache import NoCache, ResultCache
-from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_cache_args, add_cad_arg,
-                                          add_loading_arguments, add_model_args, add_output_args, check_pinned,
-                                          parse_list)
+from mansu_audit.commands._common import BENCHMARK_HELP, MODEL_HELP, add_grid_args, check_pinned, parse_list
 from mansu_audit.errors import InputError
 from mansu_audit.executors import make_executor
 from mansu_audit.matrix import format_matrix_table, parse_tolerance, read_results, run_matrix, write_results
 from mansu_audit.outdir import check_cache_dir, check_output_dir
+from mansu_audit.tune import tuned_overrides
 
 NAME = "matrix"
 HELP = ("run methods x quantizers x seeds (cached, resumable); write OUT/matrix.json, matrix.html and index.html; "
@@ -31,16 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None, help="YAML policy file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="override one method's setting (repeatable), e.g. ga:steps=30")
+    p.add_argument("--settings", dest="settings_files", action="append", default=[], metavar="FILE",
+                   help="a `mansu-audit tune` output: its method's chosen settings (repeatable; --set wins)")
     p.add_argument("--baseline", default=None, help="baseline file (matrix.json format) to compare against")
     p.add_argument("--tolerance", default=None,
                    help="allowed change of a statistic's point estimate: 0.02 (default) or e.g. 0.02,CAD=0.1,G_Q=0.01")
     p.add_argument("--save-baseline", default=None, metavar="FILE", help="write this run's results as a baseline")
-    add_cad_arg(p)
-    add_cache_args(p, forget_text=True)
-    add_output_args(p, json=True)
-    add_model_args(p, allow_pickle=False)
-    add_loading_arguments(p, float32_only="unlearning trains in float32 and each cell is certified on the CPU in "
-                                           "float32; --device is where unlearning trains", chat_template=False)
+    add_grid_args(p)
     g = p.add_argument_group("executor (where the cells run)")
     g.add_argument("--executor", choices=("inprocess", "ray"), default="inprocess",
                    help="inprocess (default: one cell after another here) or ray (each cell a Ray task; "
@@ -85,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(overrides) - set(methods))
     if unknown:
         raise InputError(f"--set names methods not in --methods: {', '.join(unknown)}")
+    overrides = tuned_overrides(args.settings_files, methods, overrides)
     tolerances = parse_tolerance(args.tolerance)
     baseline = read_results(args.baseline) if args.baseline else None  # fail before the long run
     check_output_dir(args.out, args.overwrite)

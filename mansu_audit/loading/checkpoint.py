@@ -6,9 +6,9 @@ checkpoint one `InputError` line instead, reading only the safetensors headers
 (a few KB per shard) and building the model's skeleton on the `meta` device:
 
 1. `read_config`: config.json is UTF-8 JSON holding an object; it asks for no
-   remote code (`auto_map`) and carries no `quantization_config` (pre-quantized
-   bitsandbytes/GPTQ/AWQ artifacts are not supported as candidates yet: the
-   suite quantizes the unquantized weights itself).
+   remote code (`auto_map`) and carries no `quantization_config` (the suite
+   quantizes the unquantized weights itself; a bitsandbytes checkpoint of the
+   candidate is read as a quantized variant by `loading.bnb`, `--quantized-artifact`).
 2. `safetensors_header`: name -> (shape, dtype, file) of every stored tensor
    (`model.safetensors`, or the shards named by `model.safetensors.index.json`).
 3. `preflight`: the parameter count the config declares (for more than 64
@@ -78,8 +78,9 @@ def read_config(path: Path) -> dict:
     quant = config.get("quantization_config")
     if quant:
         method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
-        raise InputError(f"checkpoint is pre-quantized (quantization_config: {method}); pre-quantized artifacts "
-                         "are not supported as candidates yet (give the unquantized weights)", path)
+        raise InputError(f"checkpoint is pre-quantized (quantization_config: {method}); give the unquantized "
+                         "weights as the model (a bitsandbytes checkpoint of the candidate is evaluated as its "
+                         "quantized variant with --quantized-artifact NAME=FOLDER)", path)
     return config
 
 

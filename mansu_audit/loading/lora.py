@@ -14,6 +14,10 @@ merged model would hold.
   trained biases as replacement tensors) in float64, and refuses every flag or
   tensor it does not understand (DoRA, `lora_bias`, ...) in one line, rather
   than dropping it silently.
+
+`read_adapter_delta` keeps the adapter unmerged (`AdapterDelta`: the factors
+per targeted weight) for certify's `deployment="adapter-on-quantized-base"`,
+where a quantized variant is the quantized base plus the full-precision delta.
 """
 from __future__ import annotations
 
@@ -139,17 +143,18 @@ def _split(weights: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.
     return pairs, others
 
 
-def check_builtin_supported(cfg: dict, weights: dict[str, torch.Tensor], cfg_path: Path, weight_file: Path) -> None:
-    """Refuse what the built-in merge would get wrong: PEFT-only flags and LoRA-variant tensors."""
+def check_builtin_supported(cfg: dict, weights: dict[str, torch.Tensor], cfg_path: Path, weight_file: Path,
+                            what: str | None = None, hint: str = PEFT_HINT) -> None:
+    """Refuse what the built-in merge (or `what`) would get wrong: PEFT-only flags and LoRA-variant tensors."""
     for flag in PEFT_ONLY_FLAGS:
         if cfg.get(flag):
             label = "DoRA (use_dora)" if flag == "use_dora" else f"'{flag}: {json.dumps(cfg[flag])}'"
-            raise InputError(f"adapter uses {label}, which the built-in LoRA merge does not support; {PEFT_HINT}",
-                             cfg_path)
+            raise InputError(f"adapter uses {label}, which {what or 'the built-in LoRA merge'} does not support; "
+                             f"{hint}", cfg_path)
     for key in sorted(weights):
         if "lora_" in key and _module_key(key) is None:
-            raise InputError(f"adapter tensor '{key}' is a LoRA variant the built-in merge does not understand; "
-                             f"{PEFT_HINT}", weight_file)
+            raise InputError(f"adapter tensor '{key}' is a LoRA variant {what or 'the built-in merge'} does not "
+                             f"understand; {hint}", weight_file)
 
 
 def check_adapter_shapes(model: torch.nn.Module, pairs: dict[str, dict[str, torch.Tensor]], cfg: dict,
@@ -173,26 +178,55 @@ def check_adapter_shapes(model: torch.nn.Module, pairs: dict[str, dict[str, torc
                              f"{tuple(weight.shape)} (wrong base model?)", where)
 
 
-@torch.no_grad()
-def merge_lora(model: torch.nn.Module, weights: dict[str, torch.Tensor], cfg: dict, where: Path) -> LoraMerge:
-    """Built-in merge: add every LoRA product into the base weights in place (float64 accumulation)."""
+@dataclass
+class LoraPair:
+    """One targeted weight's LoRA factors: delta = scale · B A ([out, in]; transposed for `fan_in_fan_out`,
+    and `(B A)ᵀ` = [vocab, hidden] for an embedding pair), formed in float64 only when asked (`dense`)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+    transpose: bool
+
+    def dense(self) -> torch.Tensor:
+        delta = self.scale * (self.b.double() @ self.a.double())
+        return delta.T if self.transpose else delta
+
+
+@dataclass
+class AdapterDelta:
+    """What a LoRA adapter adds to its base: factors per targeted weight (parameter name -> `LoraPair`) and
+    whole tensors that replace base parameters (`modules_to_save`, trained biases)."""
+
+    pairs: dict[str, LoraPair]
+    replaced: dict[str, torch.Tensor]
+
+    @torch.no_grad()
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`W += scale · B A` (float64 accumulation, cast back to W's dtype) and the replacements, in place."""
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for name, pair in sorted(self.pairs.items()):
+            weight = params[name]
+            weight.copy_((weight.double() + pair.dense().to(weight.device)).to(weight.dtype))
+        for name, tensor in sorted(self.replaced.items()):
+            params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
+        return model
+
+
+def adapter_delta(model: torch.nn.Module, weights: dict[str, torch.Tensor], cfg: dict, where: Path) -> AdapterDelta:
+    """The adapter's factors and replacement tensors, each checked against `model` (names and shapes)."""
     pairs, others = _split(weights)
     check_adapter_shapes(model, pairs, cfg, where)
-    modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
-    merge = LoraMerge(rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]))
+    params = dict(model.named_parameters(remove_duplicate=False))
     fan_in_fan_out = bool(cfg.get("fan_in_fan_out"))
+    out = AdapterDelta({}, {})
     for name, ab in sorted(pairs.items()):
-        weight = modules[name].weight
         _, _, scale = _scale_for(name, cfg)
         if "lora_A" in ab and "lora_B" in ab:
-            delta = ab["lora_B"].double() @ ab["lora_A"].double()  # [out, in]
-            if fan_in_fan_out:
-                delta = delta.T
+            pair = LoraPair(ab["lora_A"], ab["lora_B"], scale, fan_in_fan_out)
         else:
-            delta = (ab["lora_embedding_B"].double() @ ab["lora_embedding_A"].double()).T  # [vocab, hidden]
-        weight.copy_((weight.double() + scale * delta.to(weight.device)).to(weight.dtype))
-        merge.modules.append(name)
+            pair = LoraPair(ab["lora_embedding_A"], ab["lora_embedding_B"], scale, True)
+        out.pairs[f"{name}.weight"] = pair
     for key, tensor in sorted(others.items()):  # modules_to_save / trained biases: whole tensors replacing the base's
         name = re.sub(r"^base_model\.model\.", "", key).replace(".modules_to_save.default", "")
         name = name if name in params else f"{name}.weight" if f"{name}.weight" in params else name
@@ -201,11 +235,19 @@ def merge_lora(model: torch.nn.Module, weights: dict[str, torch.Tensor], cfg: di
         if tuple(params[name].shape) != tuple(tensor.shape):
             raise InputError(f"adapter tensor '{key}' has shape {tuple(tensor.shape)}, base has "
                              f"{tuple(params[name].shape)}", where)
-        params[name].copy_(tensor.to(params[name].dtype))
-        merge.replaced.append(name)
-    if not merge.modules and not merge.replaced:
+        out.replaced[name] = tensor
+    if not out.pairs and not out.replaced:
         raise InputError("adapter holds no LoRA weights", where)
-    return merge
+    return out
+
+
+@torch.no_grad()
+def merge_lora(model: torch.nn.Module, weights: dict[str, torch.Tensor], cfg: dict, where: Path) -> LoraMerge:
+    """Built-in merge: add every LoRA product into the base weights in place (float64 accumulation)."""
+    delta = adapter_delta(model, weights, cfg, where)
+    delta.apply(model)
+    return LoraMerge(modules=[n.removesuffix(".weight") for n in sorted(delta.pairs)], replaced=sorted(delta.replaced),
+                     rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]))
 
 
 @torch.no_grad()
@@ -259,3 +301,37 @@ def merge_adapter(model: torch.nn.Module, folder: Path, allow_pickle: bool = Fal
         check_builtin_supported(cfg, weights, folder / ADAPTER_CONFIG, weight_file)
         merge = merge_lora(model, weights, cfg, weight_file)
     return model, merge, weight_file, cfg
+
+
+def read_adapter_delta(folder: Path, base: torch.nn.Module, merged: torch.nn.Module,
+                       allow_pickle: bool = False) -> AdapterDelta:
+    """The adapter in `folder` as factors over `base`, for serving it unmerged over a quantized base.
+
+    Plain LoRA only (DoRA and the other PEFT-only variants are refused in one line:
+    their output is not `W x + scale · B A x`). `merged` (the candidate as loaded,
+    the adapter merged into its own base) must equal `base + delta` on every
+    parameter, within a few units in the last place of its dtype: this checks that
+    the adapter's base is `base` (the certify base), which the quantized variants
+    are built from.
+    """
+    cfg = read_adapter_config(folder)
+    weights, weight_file = read_adapter_weights(folder, allow_pickle)
+    check_builtin_supported(cfg, weights, folder / ADAPTER_CONFIG, weight_file,
+                            what="deployment adapter-on-quantized-base",
+                            hint="use deployment 'merged' (plain LoRA only is served unmerged here)")
+    delta = adapter_delta(base, weights, cfg, weight_file)
+    got = dict(merged.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, param in base.named_parameters(remove_duplicate=False):
+            other = got.get(name)
+            if other is None or other.shape != param.shape:
+                raise InputError(f"the candidate has no parameter '{name}' of the base's shape", folder)
+            if name in delta.replaced:
+                expected = delta.replaced[name].double()
+            else:
+                expected = param.double().cpu() + (delta.pairs[name].dense() if name in delta.pairs else 0.0)
+            tol = 8 * torch.finfo(other.dtype).eps
+            if not torch.allclose(other.double().cpu(), expected, rtol=tol, atol=tol):
+                raise InputError(f"the candidate differs from --base plus this adapter at '{name}': the adapter's "
+                                 f"base is not the certify base (adapter-on-quantized-base quantizes --base)", folder)
+    return delta

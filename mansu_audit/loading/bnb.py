@@ -1,0 +1,175 @@
+"""Pre-quantized bitsandbytes checkpoints of the candidate, read as deployed variants (`--quantized-artifact`).
+
+A folder whose config.json carries a bitsandbytes `quantization_config`
+(`save_pretrained` of a model loaded with `BitsAndBytesConfig`) is dequantized
+on the CPU with bitsandbytes' own functions, weight by weight:
+
+- 4-bit (nf4 or fp4, with or without double quantization): the packed uint8
+  `X.weight` and its `X.weight.absmax`, `.quant_map`, `.nested_*` and
+  `.quant_state.bitsandbytes__<type>` tensors -> `QuantState.from_dict` ->
+  `bitsandbytes.functional.dequantize_4bit`;
+- 8-bit (LLM.int8()): int8 `X.weight` and its row scales `X.SCB` ->
+  `bitsandbytes.functional.int8_vectorwise_dequant` (W = CB · SCB / 127). The
+  deployed Linear8bitLt also quantizes activations per token (outliers above
+  `llm_int8_threshold` kept in float16); this reader gives the weights-only model,
+  like the `int8` quantizer.
+
+Every other stored tensor (embeddings, norms, the output layer: kept unquantized
+by bitsandbytes) is copied as stored. Each tensor must land on a parameter of the
+candidate of the same shape and every parameter must be given (tied ones aside),
+else one InputError line. Other `quant_method`s (gptq, awq, ...) are refused in
+one line naming the method. The certificate records the digest of the folder's
+config and weight files, the method and bitsandbytes' version.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from mansu_audit.errors import InputError, first_line
+from mansu_audit.io import read_json, sha256_file
+from mansu_audit.loading.checkpoint import SAFE_INDEX, SAFE_WEIGHTS
+
+QSTATE = ".quant_state.bitsandbytes__"
+
+
+def is_bnb_folder(path: str | Path) -> bool:
+    """A folder with a config.json (the folder form of a quantized artifact; a GGUF artifact is a file)."""
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def bnb_quant_config(folder: Path) -> dict:
+    """The folder's bitsandbytes `quantization_config`; InputError for none or another method."""
+    cfg_path = folder / "config.json"
+    config = read_json(cfg_path)
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quant, dict):
+        raise InputError("a quantized artifact folder needs a quantization_config in config.json "
+                         "(give the unquantized candidate with --candidate instead)", cfg_path)
+    method = str(quant.get("quant_method", "unknown"))
+    if method != "bitsandbytes":
+        raise InputError(f"pre-quantized artifact method '{method}' is not supported (bitsandbytes 4-bit and "
+                         f"8-bit are)", cfg_path)
+    if not (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
+        raise InputError("bitsandbytes quantization_config sets neither load_in_4bit nor load_in_8bit", cfg_path)
+    return quant
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / SAFE_INDEX
+    if index.is_file():
+        shards = read_json(index).get("weight_map", {})
+        return [folder / name for name in sorted(set(shards.values()))]
+    if (folder / SAFE_WEIGHTS).is_file():
+        return [folder / SAFE_WEIGHTS]
+    raise InputError(f"quantized artifact has no {SAFE_WEIGHTS} (safetensors only)", folder)
+
+
+def bnb_artifact_record(folder: str | Path) -> dict:
+    """What a certificate records about a bitsandbytes artifact folder: its files' digest, the method."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("quantized artifact folder not found", folder)
+    quant = bnb_quant_config(folder)
+    files = [folder / "config.json", *(([folder / SAFE_INDEX]) if (folder / SAFE_INDEX).is_file() else []),
+             *_weight_files(folder)]
+    hashes = {p.name: sha256_file(p) for p in files if p.is_file()}
+    if len(hashes) != len(files):
+        missing = next(p for p in files if not p.is_file())
+        raise InputError("weight shard named by the index is missing", missing)
+    digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    four = bool(quant.get("load_in_4bit"))
+    return {"kind": "artifact", "format": "bitsandbytes", "artifact": folder.name, "sha256": digest,
+            "files": hashes, "method": str(quant.get("bnb_4bit_quant_type", "nf4")) if four else "int8",
+            "bits": 4 if four else 8, "double_quant": bool(quant.get("bnb_4bit_use_double_quant")) if four else False,
+            "reader": f"bitsandbytes {_bnb_version()} " + ("dequantize_4bit" if four else "int8_vectorwise_dequant")}
+
+
+def _bnb_version() -> str:
+    try:
+        return metadata.version("bitsandbytes")
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        try:
+            tensors.update(load_file(str(path)))
+        except Exception as exc:
+            raise InputError(f"unreadable safetensors: {first_line(exc)}", path) from None
+    return tensors
+
+
+def dequantize_bnb_state(tensors: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
+    """Stored tensors of a bitsandbytes checkpoint -> {parameter name: float32 tensor} (CPU)."""
+    import bitsandbytes.functional as bnbf  # a core dependency
+
+    out: dict[str, torch.Tensor] = {}
+    quantized_4bit = {k[: k.index(QSTATE)] for k in tensors if QSTATE in k}
+    scaled_8bit = {k[: -len(".SCB")] + ".weight" for k in tensors if k.endswith(".SCB")}
+    for key in sorted(quantized_4bit):
+        prefix = key + "."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            qs = bnbf.QuantState.from_dict(state, device=torch.device("cpu"))
+            out[key] = bnbf.dequantize_4bit(tensors[key], qs).float()
+        except Exception as exc:
+            raise InputError(f"cannot dequantize 4-bit tensor '{key}': {first_line(exc)}", where) from None
+    for key in sorted(scaled_8bit):
+        scb = tensors[key[: -len(".weight")] + ".SCB"]
+        codes = tensors.get(key)
+        if codes is None or codes.dtype != torch.int8 or codes.ndim != 2 or codes.shape[0] != scb.numel():
+            raise InputError(f"8-bit tensor '{key}' is not int8 [out, in] with one SCB scale per row", where)
+        out[key] = bnbf.int8_vectorwise_dequant(codes, scb.float()).float()
+    consumed = {k for k in tensors if any(k == q or k.startswith(q + ".") for q in quantized_4bit)}
+    consumed |= {k for k in tensors if k.endswith((".SCB", ".weight_format"))} | scaled_8bit
+    for key, value in tensors.items():
+        if key in consumed:
+            continue
+        if not value.is_floating_point():
+            raise InputError(f"artifact tensor '{key}' is {value.dtype} but belongs to no quantized weight", where)
+        out[key] = value.float()
+    return out
+
+
+@dataclass(frozen=True)
+class BnbArtifact:
+    """A bitsandbytes checkpoint of the candidate, dequantized into a copy of it, and its certificate record."""
+
+    model: torch.nn.Module
+    record: dict
+
+
+def load_bnb_artifact(folder: str | Path, like: torch.nn.Module) -> BnbArtifact:
+    """The dequantized weights of the bitsandbytes checkpoint `folder` in a copy of `like` (the candidate)."""
+    folder = Path(folder)
+    record = bnb_artifact_record(folder)
+    state = dequantize_bnb_state(_read_tensors(folder), folder)
+    model = copy.deepcopy(like)
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise InputError(f"artifact tensor '{key}' has no parameter in the candidate", folder)
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise InputError(f"artifact tensor '{key}' has shape {tuple(value.shape)}, the candidate "
+                             f"{tuple(own[key].shape)}", folder)
+    result = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if getattr(model.config, "tie_word_embeddings", False):
+        tied |= {k for k in own if k.endswith("lm_head.weight")}
+    missing = [k for k in result.missing_keys if k not in tied and not k.endswith("rotary_emb.inv_freq")]
+    if missing:
+        raise InputError(f"artifact lacks {len(missing)} of the candidate's weights (e.g. '{missing[0]}')", folder)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return BnbArtifact(model.eval(), record)
