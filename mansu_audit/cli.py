@@ -5,7 +5,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from mansu_audit import commands
 from mansu_audit._version import __version__
@@ -36,6 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def plain_stderr():
+    """When stderr is not a terminal (piped, a CI log), Hugging Face's progress bars are off for the command
+    and restored after: they are cursor-control sequences there. Our own bars use tqdm's `disable=None`
+    (shown on a terminal only); progress messages stay plain lines."""
+    if sys.stderr.isatty():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -43,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # commands that load a model take --threads (commands/_common.add_model_args): the thread policy
         # (mansu_audit.threads) holds for the whole command, and torch's count is restored after it
-        with torch_threads(args.threads) if hasattr(args, "threads") else nullcontext():
+        with torch_threads(args.threads) if hasattr(args, "threads") else nullcontext(), plain_stderr():
             return int(args._run(args))
     except InputError as exc:
         print(f"mansu-audit: error: {exc}", file=sys.stderr)

@@ -251,7 +251,8 @@ def evaluate_mcq(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *,
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(requests), desc=f"evaluate {split}".strip(), unit="seq", leave=False)
+        bar = tqdm(total=len(requests), desc=f"evaluate {split}".strip(), unit="seq", leave=False,
+                   disable=None)  # None: no bar (cursor-control sequences) unless stderr is a terminal
     was_training = model.training
     model.eval()
     try:

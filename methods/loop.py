@@ -344,7 +344,7 @@ def train_loop(model: torch.nn.Module, objective: Objective, data: UnlearnData, 
     if config.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.steps, desc=config.desc, unit="step", leave=False)
+        bar = tqdm(total=config.steps, desc=config.desc, unit="step", leave=False, disable=None)  # None: TTY only
     was_training = model.training
     model.eval()
     start = time.perf_counter()

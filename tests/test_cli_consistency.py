@@ -187,3 +187,15 @@ def test_reproducible_command_drops_json():
     from mansu_audit.commands.certify import reproducible_command
 
     assert "--json" not in reproducible_command(["certify", "--base", "b", "--candidate", "c", "--json"])
+
+
+def test_piped_output_has_no_cursor_control_sequences():
+    """stderr is a pipe here: no progress bars (\\r or ANSI escapes), only plain lines."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mansu_audit", "evaluate", "--model", "reference",
+                           "--quantizers", "int8"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stream in (proc.stdout, proc.stderr):
+        assert "\r" not in stream and "\x1b[" not in stream

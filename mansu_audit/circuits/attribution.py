@@ -304,7 +304,8 @@ def attribute(model: torch.nn.Module, tokenizer, items: Sequence[MCQItem], *, st
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, desc=f"attribute ({method})", unit="item", leave=False)
+        bar = tqdm(total=n, desc=f"attribute ({method})", unit="item", leave=False,
+                   disable=None)  # None: no bar unless stderr is a terminal
     was_training = model.training
     model.eval()
     start = time.perf_counter()
