@@ -71,6 +71,13 @@ class UnlearnContext:
             p.requires_grad_(True)
         return model
 
+    def log(self, message: str) -> None:
+        """One progress line on stderr (when `progress`), for long phases that have no step counter."""
+        if self.progress:
+            import sys
+
+            print(f"  {message}", file=sys.stderr, flush=True)
+
     def frozen_copy(self) -> torch.nn.Module:
         """A deep copy of θ0 on `device`, eval mode, no grads: the reference for KL/NPO terms."""
         model = copy.deepcopy(self.model).to(self.device).eval()

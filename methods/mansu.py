@@ -218,8 +218,12 @@ class Mansu(Method):
     def run(self, context: UnlearnContext, settings: MansuSettings) -> UnlearnResult:
         start = time.perf_counter()
         timings: dict[str, float] = {}
+        context.log("mansu: attributing the forget circuit (EAP-IG on forget_attr)")
         circuit = find_circuit(context, settings)
         timings["circuit_s"] = time.perf_counter() - start
+        n_neurons = sum(len(i) for i in circuit.neurons.values())
+        context.log(f"mansu: circuit of {n_neurons} neurons ({timings['circuit_s']:.0f} s); "
+                    f"retain null spaces and NF4 bin geometry")
 
         model = context.trainable_copy()
         reference = context.frozen_copy()
@@ -229,6 +233,7 @@ class Mansu(Method):
         t = time.perf_counter()
         plans, geometry = plan_geometry(model, adapter, circuit.neurons, data, settings)
         timings["geometry_s"] = time.perf_counter() - t
+        context.log(f"mansu: geometry of {len(plans)} weights ({timings['geometry_s']:.0f} s); training")
         theta0 = {p.param_name: p.slice.weight.detach().clone() for p in plans}
         deltas = {p.param_name: torch.zeros_like(p.free, dtype=torch.float64) for p in plans}
 
