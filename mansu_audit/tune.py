@@ -30,6 +30,13 @@ feasible one with the largest D_F lower CI bound; ties go to the smaller D_R poi
 then to the earlier trial. With no feasible trial nothing is chosen (`chosen` is
 null) and the settings file cannot be used by `matrix --settings`.
 
+Base check. D on a split only measures forgetting if the base knows its facts. When the
+base's accuracy on a training split has its lower CI bound no higher than chance plus
+the policy's `chance_margin`, the result carries a note saying the choice is not
+informative (and `tune` warns on stderr); it still runs, since the trials are valid.
+The bundled `reference` is such a base today: 0.267 on forget_train and 0.258 on
+retain_train (it memorised the evaluation prompts' answer letters, issue 18 §0).
+
 Output (`TuneResult.to_dict`, `format: mansu-audit-tune`): the chosen trial's full
 settings (the drawn values plus the fixed ones, `fixed`: settings held at a value in
 every trial and so taken out of the search), every trial (settings, D_F and D_R with
@@ -56,7 +63,8 @@ from mansu_audit.evaluate import evaluate_mcq
 from mansu_audit.io import json_safe, progress_logger, read_json_object, write_json
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.policy import Policy, load_policy
-from mansu_audit.stats import Estimate, paired_bootstrap
+from mansu_audit.registry import loose
+from mansu_audit.stats import Estimate, accuracy_ci, paired_bootstrap
 from mansu_audit.threads import with_thread_policy
 from mansu_audit.unlearn import resolve_method, unlearn
 
@@ -176,6 +184,7 @@ class TuneResult:
     base_accuracy: dict
     trials: list[Trial] = field(default_factory=list)
     chosen: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def settings(self) -> dict | None:
@@ -191,7 +200,7 @@ class TuneResult:
                 "benchmark": self.benchmark, "seed": self.seed, "budget": self.budget,
                 "splits": {"forget": FORGET_SPLIT, "retain": RETAIN_SPLIT}, "objective": OBJECTIVE,
                 "max_retain_drop": self.max_retain_drop, "search_space": space, "fixed": dict(self.fixed),
-                "base_accuracy": dict(self.base_accuracy), "chosen": chosen,
+                "base_accuracy": dict(self.base_accuracy), "notes": list(self.notes), "chosen": chosen,
                 "trials": [t.to_dict() for t in self.trials]}
 
     @classmethod
@@ -201,7 +210,8 @@ class TuneResult:
         chosen = d.get("chosen")
         return cls(d["method"], d["base"], d["benchmark"], int(d["seed"]), int(d["budget"]),
                    float(d["max_retain_drop"]), space, dict(d.get("fixed") or {}), dict(d["base_accuracy"]),
-                   [Trial.from_dict(t) for t in d["trials"]], None if chosen is None else int(chosen["trial"]))
+                   [Trial.from_dict(t) for t in d["trials"]], None if chosen is None else int(chosen["trial"]),
+                   list(d.get("notes") or []))
 
 
 def choose(trials: Sequence[Trial]) -> int | None:
@@ -227,10 +237,27 @@ def training_bundle(bundle: Bundle) -> Bundle:
                                files={k: v for k, v in bundle.files.items() if k not in HIDDEN_SPLITS})
 
 
+def _evaluate(model, tokenizer, bundle: Bundle, split: str, scoring: str):
+    return evaluate_mcq(model, tokenizer, bundle.split(split), split=split, subject_line=bundle.subject_line,
+                        scoring=scoring)
+
+
 def _correct(model, tokenizer, bundle: Bundle, split: str, scoring: str) -> np.ndarray:
-    result = evaluate_mcq(model, tokenizer, bundle.split(split), split=split, subject_line=bundle.subject_line,
-                          scoring=scoring)
-    return result.correct.astype(np.float64)
+    return _evaluate(model, tokenizer, bundle, split, scoring).correct.astype(np.float64)
+
+
+def base_notes(results: Mapping[str, Any], policy: Policy) -> list[str]:
+    """A note per training split the base does not clearly know (accuracy's lower CI bound not above chance +
+    `chance_margin`): D on such a split cannot show forgetting, so the choice is uninformative."""
+    notes = []
+    for split, result in results.items():
+        ci = accuracy_ci(result.correct.astype(np.float64), B=policy.bootstrap_replicates, seed=policy.seed,
+                         level=policy.level)
+        if ci.low <= result.chance + policy.chance_margin:
+            notes.append(f"base accuracy on {split} is {ci.point:.3f} [{ci.low:.3f}, {ci.high:.3f}], not clearly above "
+                         f"chance ({result.chance:.3f}): the base does not know these facts, so D on {split} cannot "
+                         f"measure unlearning and the chosen settings are not informative")
+    return notes
 
 
 def _drops(base: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], policy: Policy) -> dict[str, Estimate]:
@@ -251,7 +278,7 @@ def _check_budget(budget: int) -> int:
 @with_thread_policy
 def tune(method: str | type | Any, budget: int, *, seed: int = 0, base: str | Path | LoadedModel = DEFAULT_BASE,
          benchmark: str | Path | Bundle = DEFAULT_BENCHMARK, policy: str | Path | Policy | None = None,
-         fixed: Mapping[str, Any] | None = None, space: Mapping | None = None, device: str | None = "cpu",
+         fixed: Mapping[str, Any] | None = None, space: Mapping | None = None, device: str | None = "auto",
          scoring: str | None = None, progress: bool = False, threads: int | str | None = None) -> TuneResult:
     """Draw `budget` settings from the method's search space, unlearn with each, pick one (module doc).
 
@@ -281,7 +308,12 @@ def tune(method: str | type | Any, budget: int, *, seed: int = 0, base: str | Pa
     for drawn in draws:
         parse_overrides(instance.Settings, {**drawn, **fixed})  # every draw valid before the first trial runs
 
-    base_correct = {s: _correct(loaded.model, loaded.tokenizer, bundle, s, scoring) for s in (FORGET_SPLIT, RETAIN_SPLIT)}
+    base_results = {s: _evaluate(loaded.model, loaded.tokenizer, bundle, s, scoring)
+                    for s in (FORGET_SPLIT, RETAIN_SPLIT)}
+    base_correct = {s: r.correct.astype(np.float64) for s, r in base_results.items()}
+    notes = base_notes(base_results, policy)
+    for note in notes:
+        _log(progress, "warning: " + note)
     trials = []
     for i, drawn in enumerate(draws):
         start = time.perf_counter()
@@ -299,7 +331,7 @@ def tune(method: str | type | Any, budget: int, *, seed: int = 0, base: str | Pa
         del result, model
     base_name = loaded.name if isinstance(base, LoadedModel) else str(base)
     return TuneResult(name, base_name, bundle.name, seed, budget, policy.max_retain_drop, space, fixed,
-                      {s: float(v.mean()) for s, v in base_correct.items()}, trials, choose(trials))
+                      {s: float(v.mean()) for s, v in base_correct.items()}, trials, choose(trials), notes)
 
 
 def _settings_text(settings: Mapping) -> str:
@@ -318,6 +350,7 @@ def format_result(result: TuneResult) -> str:
         mark = "*" if t.index == result.chosen else ("feasible" if t.feasible else "")
         lines.append(f"{mark:>8} #{t.index} {_settings_text(t.settings)}: D_F {_ci(t.D_F)}  D_R {_ci(t.D_R)}  "
                      f"{t.seconds:.1f}s")
+    lines += [f"note: {n}" for n in result.notes]
     lines.append("chosen: none (no trial kept D_R within max_retain_drop)" if result.chosen is None
                  else f"chosen: #{result.chosen} {_settings_text(result.settings)}")
     return "\n".join(lines)
@@ -376,8 +409,6 @@ def tuned_overrides(paths: Sequence[str | Path], methods: Sequence[str],
     """`matrix` overrides (method -> ["key=value", ...]) with each tune file's chosen settings put first, so a
     later `--set` for the same key wins. A file whose method is not in `methods` (names compared as the
     method registry does) or a method given two files is one InputError line."""
-    from mansu_audit.registry import loose
-
     out = {m: list(v) for m, v in (overrides or {}).items()}
     by_key = {loose(m): m for m in methods}
     seen: dict[str, Path] = {}

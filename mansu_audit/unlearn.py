@@ -13,6 +13,7 @@ by `adapter_base_spec`), which `load_model` merges over that base.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -28,10 +29,10 @@ from mansu_audit._version import __version__
 from mansu_audit.api import as_bundle
 from mansu_audit.data import Bundle
 from mansu_audit.errors import InputError
-from mansu_audit.io import json_copy, ordinary_permissions
+from mansu_audit.io import json_copy, ordinary_permissions, sha256_file
 from mansu_audit.loading import BUNDLED_MODELS, LoadedModel, load_model, plan_device
 from mansu_audit.loading.hub import is_hub_id
-from mansu_audit.registry import get_method
+from mansu_audit.registry import code_files, get_method
 
 RECORD_NAME = "unlearn.json"
 RECORD_VERSION = 1
@@ -57,15 +58,10 @@ def _check_out(out: Path) -> None:
 def method_code_record(method) -> dict:
     """SHA-256 of each file a method's code consists of (`registry.code_files`: its own source file, e.g. a
     plugin's `file.py`, and the shared method modules it imports), by file name."""
-    from mansu_audit.io import sha256_file
-    from mansu_audit.registry import code_files
-
     return {str(path.name): sha256_file(path) for path in code_files(type(method))}
 
 
 def _record(result, method, loaded: LoadedModel, bundle: Bundle, device: torch.device, settings) -> dict:
-    import dataclasses
-
     import transformers
 
     given = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}

@@ -122,7 +122,7 @@ def test_pre_quantized_checkpoint_is_refused(tiny_dir):
         load_model(tiny_dir)
     msg = _one_line(exc)
     assert "config.json" in msg and "pre-quantized (quantization_config: bitsandbytes)" in msg
-    assert "not supported as candidates yet" in msg
+    assert "--quantized-artifact NAME=FOLDER" in msg
 
 
 def test_config_that_is_a_json_list(tiny_dir):

@@ -79,7 +79,7 @@ def test_trials_are_deterministic_and_only_training_splits_are_scored(reference,
     first, second = run(), run()
     assert _trials(first) == _trials(second)
     assert set(seen) == {"forget_train", "retain_train"}
-    assert len(seen) == 2 * (1 + 2)  # base once, then each trial, per run
+    assert len(seen) == 2 * 2 * (1 + 2)  # two runs x two splits x (the base once + each trial)
     assert [t.settings["lr"] for t in first.trials] != [t.settings["lr"] for t in
                                                         tune_module.tune("ga", 2, seed=6, base=reference,
                                                                          benchmark=bundle, space=FAST_SPACE,
@@ -105,6 +105,21 @@ def test_the_method_never_sees_evaluation_splits(tiny_dir, tmp_path, monkeypatch
     assert set(seen) == {"forget_train", "retain_train"}
     # the model is unchanged, so every trial has D_F = D_R = 0 and is feasible; ties go to the earlier trial
     assert all(t.D_F.point == 0 and t.feasible for t in result.trials) and result.chosen == 0
+
+
+def test_a_base_at_chance_gets_a_note():
+    from mansu_audit.evaluate import MCQResult
+    from mansu_audit.policy import Policy
+
+    answers = np.arange(120) % 4
+    logprobs = np.zeros((120, 4))
+
+    def result(predictions):
+        return MCQResult("forget_train", tuple(map(str, range(120))), answers, predictions, logprobs)
+
+    notes = tune_module.base_notes({"forget_train": result(np.zeros(120, dtype=np.int64)),
+                                    "retain_train": result(answers.copy())}, Policy(bootstrap_replicates=1000))
+    assert len(notes) == 1 and "forget_train" in notes[0] and "not informative" in notes[0]
 
 
 def test_settings_file_round_trips_into_matrix_overrides(tiny_dir, tmp_path):
@@ -140,7 +155,11 @@ def test_cli_writes_the_file_and_prints_json_without_out(tiny_dir, tmp_path, cap
 
 
 def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own one-line errors exit from parse_args
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert err and "\n" not in err and "Traceback" not in err
     return err
