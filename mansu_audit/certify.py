@@ -84,8 +84,11 @@ def cad_code_sha256() -> str:
 
 def evaluation_code_sha256() -> str:
     """Hash of the code whose change alters an evaluation result (cache 'code version'): the evaluator,
-    prompts, batching and quantizers. Not the loaders: a loaded model enters the key by its content hash."""
-    paths = [PACKAGE_DIR / "evaluate.py", PACKAGE_DIR / "prompts.py", PACKAGE_DIR / "batching.py"]
+    prompts, batching, quantizers, and the two loaders that build an evaluated variant from a digest-keyed
+    input (the LoRA delta over a quantized base, bitsandbytes artifacts). Not the other loaders: a loaded
+    model enters the key by its content hash."""
+    paths = [PACKAGE_DIR / "evaluate.py", PACKAGE_DIR / "prompts.py", PACKAGE_DIR / "batching.py",
+             PACKAGE_DIR / "loading" / "lora.py", PACKAGE_DIR / "loading" / "bnb.py"]
     paths += sorted((PACKAGE_DIR / "quantizers").glob("*.py"))
     return files_sha256(p for p in paths if p.is_file())
 

@@ -70,6 +70,7 @@ from mansu_audit.executors import InProcessExecutor
 from mansu_audit.io import atomic_write_bytes, json_copy, progress_logger, read_json_object, write_json
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.policy import Policy
+from mansu_audit.prompts import chat_mode_for
 from mansu_audit.registry import code_files, get_method
 from mansu_audit.outdir import check_output_dir, staged_dir
 from mansu_audit.report import matrix_html, render_report, write_html
@@ -407,12 +408,14 @@ def evaluate_base(ctx: MatrixContext, _item=None) -> dict:
 
     base = ctx.loaded_base()
     batch_size, chat_template = _certify_defaults()
+    scoring = ctx.bundle.check_scoring(None)  # what each cell's certify uses: the bundle's default scoring
+    chat_template = chat_mode_for(chat_template, scoring)
     recording = _RecordingCache(ctx.cache)
     name = sha256_json({"base": model_content_sha256(base), "benchmark": ctx.bundle.file_hashes(),
                         "quantizers": list(ctx.quantizers)})
     with _Threads(ctx.threads), cache_lock(ctx.cache, f"base-{name[:32]}"):
         evaluate_all({BASE: base}, ctx.bundle, ctx.quantizers, recording, batch_size=batch_size,
-                     chat_template=chat_template, progress=ctx.progress)
+                     chat_template=chat_template, progress=ctx.progress, scoring=scoring)
     return recording.entries
 
 

@@ -61,7 +61,8 @@ from mansu_audit.policy import Policy
 from mansu_audit.rederive import ATOL, ESTIMATE_FIELDS, unquantized_label
 from mansu_audit.stats import Estimate
 
-COMPARED_SECTIONS = ("chance", "required", "quantizers", "unquantized", "prompting", "consistency", "recovery")
+COMPARED_SECTIONS = ("chance", "required", "quantizers", "unquantized", "prompting", "consistency", "recovery",
+                     "deployment")
 CAD_NOT_COMPARED = ("CAD (S) not recomputed: the recorded CAD and control estimates were used as given "
                     "(pass --recompute-cad to run EAP-IG again and compare)")
 CAD_COMPARED = "CAD (S) recomputed with the bundled EAP-IG and compared"
@@ -203,6 +204,8 @@ def recertify(body: Mapping, *, base=None, candidate=None, benchmark=None, oracl
         recorded = _RecordedCAD(Estimate.from_dict(stats["cad"]), None if control is None else Estimate.from_dict(control))
         cad = lambda *_args: recorded  # noqa: E731 - a certify CAD hook
     kwargs = {}
+    if body.get("deployment") is not None:  # adapter-on-quantized-base: quantized base + the adapter's delta
+        kwargs["deployment"] = body["deployment"].get("mode", "merged")
     if "scoring" in inspect.signature(certify).parameters:
         kwargs["scoring"] = prompting.get("scoring", "letter")
     elif prompting.get("scoring", "letter") != "letter":

@@ -87,6 +87,16 @@ def test_certify_records_the_deployment_and_keys_it(pair, tmp_path):
     assert set(per_item) == set(merged.body["per_item"]["forget_eval"]["predictions"])
 
 
+def test_verify_recompute_reruns_the_recorded_deployment(pair, tmp_path):
+    from mansu_audit import verify
+
+    root, _ = pair
+    certify(root / "base", root / "adapter", root / "bundle", deployment="adapter-on-quantized-base",
+            out=tmp_path / "cert", **FAST)
+    check = verify(tmp_path / "cert" / "certificate.json", recompute=True)
+    assert check.ok, check
+
+
 def test_deployment_refusals(pair):
     root, _ = pair
     with pytest.raises(InputError, match="needs a LoRA adapter folder"):
