@@ -468,7 +468,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             oracle: str | Path | LoadedModel | None = None, consistency: str | None = "auto",
             artifacts: dict[str, str | Path] | None = None, scoring: str | None = None,
             deployment: str = MERGED,
-            threads: int | None = None) -> Certificate:
+            threads: int | None = None, report: bool = False) -> Certificate:
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
     `policy` is a `Policy`, a YAML file or None (defaults). `cache` defaults to
@@ -520,10 +520,14 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
 
     `threads`: torch CPU threads for the run (None: $MANSU_THREADS, else the detected
     default; `mansu_audit.threads`), restored after it and recorded in run.json.
+    `report=True` also renders `out/index.html` (the `mansu-audit report` page) once the
+    certificate folder is published; it needs `out`.
     """
     import time
 
     started = time.perf_counter()
+    if report and out is None:
+        raise InputError("report=True needs an output folder (out=...) to write index.html into")
     check_arguments(cad=cad, relearn=relearn, consistency=consistency, chat_template=chat_template,
                     truncate=truncate, batch_size=batch_size, device=device, dtype=dtype)
     if deployment not in DEPLOYMENTS:
@@ -619,6 +623,10 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
                           ATTESTATION_FILE: attestation_bytes(body, sign_key),
                           RUN_FILE: (json.dumps(run, indent=2, sort_keys=True) + "\n").encode("utf-8")},
                     overwrite=overwrite)
+        if report:
+            from mansu_audit.report import render_report  # report -> details -> certify: a top-level import cycles
+
+            render_report(out)
     return certificate
 
 

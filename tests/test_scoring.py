@@ -112,3 +112,12 @@ def test_api_and_cli_share_cache_entries(tmp_path):
                  "--cad", "skip", "--relearn", "skip", "--consistency", "skip", "--cache-dir", str(cache_dir),
                  "--quiet", "--out", str(tmp_path / "cli")]) in (0, 1, 3)
     assert sorted(p.name for p in cache_dir.rglob("*.json")) == before
+
+
+def test_certify_report_true_writes_the_report(tmp_path):
+    certify("reference", "reference-oracle", quantizers=("int8",), cad="skip", relearn="skip",
+            consistency="skip", out=tmp_path / "cert", report=True)
+    html = (tmp_path / "cert" / "index.html").read_text()
+    assert "certificate.json" in html and "reference-oracle" in html
+    with pytest.raises(InputError, match="report=True needs an output folder"):
+        certify("reference", "reference-oracle", report=True)

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output_args(p, json=True)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier certify output in --out (refused otherwise when --out is not empty)")
+    p.add_argument("--report", action="store_true",
+                   help="also write the HTML report (--out/index.html, as `mansu-audit report` does)")
     p.add_argument("--sign-key", default=None, metavar="KEY",
                    help="Ed25519 private key (PEM, `mansu-audit keygen`): sign the in-toto attestation "
                         "OUT/certificate.intoto.jsonl (unsigned otherwise)")
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite, threads=args.threads,
                    sign_key=sign_key, command=reproducible_command(getattr(args, "_argv", None)),
                    relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts,
+                   report=args.report,
                    deployment=args.deployment)
 
     body = cert.body
@@ -119,7 +122,8 @@ def parse_artifacts(values: list[str]) -> dict[str, str]:
 # Options that only choose where output, cache and key live, or how chatty the run is: left out of the
 # recorded command, so the same inputs give the same certificate body wherever it is written.
 STORAGE_OPTIONS = {"--out": True, "--overwrite": False, "--cache-dir": True, "--no-cache": False,
-                   "--quiet": False, "--json": False, "--sign-key": True}
+                   "--quiet": False, "--json": False, "--sign-key": True,
+                   "--report": False}
 
 
 def reproducible_command(argv: list[str] | None) -> str | None:
