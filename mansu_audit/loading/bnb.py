@@ -42,7 +42,7 @@ import torch
 
 from mansu_audit.errors import InputError, first_line
 from mansu_audit.io import read_json, sha256_file
-from mansu_audit.loading.checkpoint import SAFE_INDEX, SAFE_WEIGHTS
+from mansu_audit.loading.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, load_artifact_weights
 
 QSTATE = ".quant_state.bitsandbytes__"
 
@@ -165,21 +165,5 @@ def load_bnb_artifact(folder: str | Path, like: torch.nn.Module) -> BnbArtifact:
     folder = Path(folder)
     record = bnb_artifact_record(folder)
     state = dequantize_bnb_state(_read_tensors(folder), folder)
-    model = copy.deepcopy(like)
-    own = model.state_dict()
-    for key, value in state.items():
-        if key not in own:
-            raise InputError(f"artifact tensor '{key}' has no parameter in the candidate", folder)
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise InputError(f"artifact tensor '{key}' has shape {tuple(value.shape)}, the candidate "
-                             f"{tuple(own[key].shape)}", folder)
-    result = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if getattr(model.config, "tie_word_embeddings", False):
-        tied |= {k for k in own if k.endswith("lm_head.weight")}
-    missing = [k for k in result.missing_keys if k not in tied and not k.endswith("rotary_emb.inv_freq")]
-    if missing:
-        raise InputError(f"artifact lacks {len(missing)} of the candidate's weights (e.g. '{missing[0]}')", folder)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()
-    return BnbArtifact(model.eval(), record)
+    model = load_artifact_weights(copy.deepcopy(like), state, folder)
+    return BnbArtifact(model, record)

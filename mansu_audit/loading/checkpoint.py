@@ -292,3 +292,28 @@ def check_tokenizer_fits(tokenizer, model: torch.nn.Module, where: Path | str | 
         token = tokenizer.convert_ids_to_tokens(int(top))
         raise InputError(f"tokenizer has token ids up to {top} ('{token}') but the model's embedding has only {rows} "
                          "rows (tokenizer and model do not belong together)", where)
+
+
+def load_artifact_weights(model: torch.nn.Module, tensors: dict, where: Path) -> torch.nn.Module:
+    """`model` (a copy of the candidate) given an artifact's weights in place (`tensors`: parameter name ->
+    array, read from a GGUF file or dequantized from a bitsandbytes checkpoint): every tensor must land on a
+    parameter of the same shape and every parameter must be given (a head tied to the input embeddings, and
+    rotary buffers, aside), else one InputError line naming `where`. Returns `model` in eval mode."""
+    state = model.state_dict()
+    for key, value in tensors.items():
+        if key not in state:
+            raise InputError(f"artifact tensor '{key}' has no parameter in the candidate", where)
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise InputError(f"artifact tensor '{key}' has shape {tuple(value.shape)}, the candidate "
+                             f"{tuple(state[key].shape)}", where)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = set()
+    if emb is not None and head is not None and getattr(head, "weight", None) is getattr(emb, "weight", None):
+        tied = {f"{n}.weight" for n, m in model.named_modules() if m is head}
+    missing = [k for k in state if k not in tensors and k not in tied and not k.endswith("rotary_emb.inv_freq")]
+    if missing:
+        raise InputError(f"artifact lacks {len(missing)} of the candidate's weights (e.g. '{missing[0]}')", where)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            state[key].copy_(torch.as_tensor(value).to(device=state[key].device, dtype=state[key].dtype))
+    return model.eval()

@@ -55,6 +55,7 @@ from torch import nn
 
 from mansu_audit.errors import InputError, first_line, require_extra
 from mansu_audit.io import sha256_file
+from mansu_audit.loading.checkpoint import load_artifact_weights
 from mansu_audit.loading.gguf import gguf_info
 from mansu_audit.quantizers.apply import WeightwiseQuantizer, quantize_weights, register_quantizer
 from mansu_audit.quantizers.record import QuantRecord
@@ -241,22 +242,4 @@ def load_artifact(path: str | Path, like: nn.Module) -> Artifact:
         raise InputError(f"cannot read GGUF artifact ({record['architecture']}): {first_line(exc)}", path) from None
     finally:
         hf_gguf.tqdm = bar
-    state = model.state_dict()
-    tensors = parsed.get("tensors", {})
-    for key, value in tensors.items():
-        if key not in state:
-            raise InputError(f"artifact tensor '{key}' has no parameter in the candidate", path)
-        if tuple(value.shape) != tuple(state[key].shape):
-            raise InputError(f"artifact tensor '{key}' has shape {tuple(value.shape)}, the candidate "
-                             f"{tuple(state[key].shape)}", path)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    head = model.get_output_embeddings()
-    if _tied(model.get_input_embeddings(), head):
-        tied |= {f"{n}.weight" for n, m in model.named_modules() if m is head}
-    missing = [k for k in state if k not in tensors and k not in tied and not k.endswith("rotary_emb.inv_freq")]
-    if missing:
-        raise InputError(f"artifact lacks {len(missing)} of the candidate's weights (e.g. '{missing[0]}')", path)
-    with torch.no_grad():
-        for key, value in tensors.items():
-            state[key].copy_(torch.as_tensor(value).to(device=state[key].device, dtype=state[key].dtype))
-    return Artifact(model.eval(), record)
+    return Artifact(load_artifact_weights(model, parsed.get("tensors", {}), path), record)
