@@ -11,41 +11,30 @@ from mansu_audit.evaluate import evaluate_mcq
 
 from conftest import tiny_llama
 
-TASK_YAML = """task: mansu_parity
+TASK_HEADER = """task: mansu_parity
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
 output_type: multiple_choice
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
 doc_to_target: answer
-metric_list:
-  - metric: acc
+"""
+METRIC = """  - metric: {}
     aggregation: mean
     higher_is_better: true
 """
 
-# The choice-text formulation: the item's cloze as the context, each choice's text scored after " ".
-CLOZE_YAML = """task: mansu_parity
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{cloze}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
+TASK_YAML = TASK_HEADER + """doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
 metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
+""" + METRIC.format("acc")
+
+# The choice-text formulation: the item's cloze as the context, each choice's text scored after " ".
+CLOZE_YAML = TASK_HEADER + """doc_to_text: "{{{{cloze}}}}"
+doc_to_choice: "{{{{choices}}}}"
+metric_list:
+""" + METRIC.format("acc") + METRIC.format("acc_norm")
 
 
 def run_lm_eval(model, tokenizer, items, tmp_path, batch_size: int = 16, yaml: str = TASK_YAML,
