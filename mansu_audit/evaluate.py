@@ -173,16 +173,20 @@ def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
         return False
 
 
-def _scored_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-                   positions: list[int]) -> tuple[torch.Tensor, dict[int, int]]:
-    """Logits [batch, columns, vocab] and the column of each scored position: only `positions` when the
-    model takes `logits_to_keep` (a 1-D tensor: those positions for every row), else every position."""
-    if _takes_logits_to_keep(model):
-        keep = torch.tensor(positions, device=ids.device)
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-        if logits.shape[1] == len(positions):
+def _scored_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: list[int],
+                   keep: bool) -> tuple[torch.Tensor, dict[int, int]]:
+    """Logits [batch, columns, vocab] and the column of each scored position: only `positions` when `keep`
+    (the model takes `logits_to_keep`; a 1-D tensor: those positions for every row), else every position.
+    A model that takes the argument but returns every position is read as such (one forward either way)."""
+    if keep:
+        logits = model(input_ids=ids, attention_mask=mask,
+                       logits_to_keep=torch.tensor(positions, device=ids.device)).logits
+        if logits.shape[1] == len(positions) != ids.shape[1]:
             return logits, {p: c for c, p in enumerate(positions)}
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    else:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    if logits.shape[1] != ids.shape[1]:
+        raise RuntimeError(f"the model returned logits for {logits.shape[1]} of {ids.shape[1]} positions")
     return logits, {p: p for p in positions}
 
 
@@ -193,6 +197,7 @@ def score_requests(model: torch.nn.Module, requests: list[_Request], pad_id: int
     device = next(model.parameters()).device
     out = np.full((n_items, max_choices), -np.inf, dtype=np.float64)
     order = sorted(range(len(requests)), key=lambda r: -len(requests[r].tokens))
+    keep = _takes_logits_to_keep(model)
     for start in range(0, len(order), batch_size):
         batch = [requests[r] for r in order[start:start + batch_size]]
         width = max(len(r.tokens) for r in batch)
@@ -206,7 +211,7 @@ def score_requests(model: torch.nn.Module, requests: list[_Request], pad_id: int
             for choice, pairs in r.scored:
                 for p, t in pairs:
                     rows.append(b), pos.append(p), tok.append(t), dest_item.append(r.item), dest_choice.append(choice)
-        logits, column = _scored_logits(model, ids.to(device), mask.to(device), sorted(set(pos)))
+        logits, column = _scored_logits(model, ids.to(device), mask.to(device), sorted(set(pos)), keep)
         picked = logits[torch.tensor(rows), torch.tensor([column[p] for p in pos])].float().log_softmax(-1)
         values = picked[torch.arange(len(tok)), torch.tensor(tok)].double().cpu().numpy()
         scores: dict[tuple[int, int], float] = {}

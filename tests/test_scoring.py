@@ -121,3 +121,24 @@ def test_certify_report_true_writes_the_report(tmp_path):
     assert "certificate.json" in html and "reference-oracle" in html
     with pytest.raises(InputError, match="report=True needs an output folder"):
         certify("reference", "reference-oracle", report=True)
+
+
+def test_a_model_that_ignores_logits_to_keep_is_read_correctly(bundle, reference):
+    """A forward that takes `logits_to_keep` but returns every position: same log-likelihoods, one pass."""
+    import torch
+
+    class Ignores(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, input_ids, attention_mask=None, logits_to_keep=0):
+            self.calls += 1
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    items = bundle.split("forget_eval")[:20]
+    wrapped = Ignores(reference.model)
+    got = evaluate_mcq(wrapped, reference.tokenizer, items, batch_size=10)
+    want = evaluate_mcq(reference.model, reference.tokenizer, items, batch_size=10)
+    np.testing.assert_array_equal(got.logprobs, want.logprobs)
+    assert wrapped.calls == 2  # two batches, one forward each
