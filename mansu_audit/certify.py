@@ -350,13 +350,18 @@ def check_cad(cad: CadSpec) -> None:
                         f"not {type(cad).__name__}")
 
 
+def check_stage_modes(relearn: str | None, consistency: str | None) -> None:
+    """`relearn=` and `consistency=`: one of STAGE_MODES or None (one InputError naming the argument)."""
+    for name, value in (("relearn", relearn), ("consistency", consistency)):
+        if value is not None and value not in STAGE_MODES:
+            raise InputError(f"{name} must be one of {', '.join(STAGE_MODES)} (or None), not {value!r}")
+
+
 def check_arguments(*, cad: CadSpec, relearn: str | None, consistency: str | None, chat_template: str,
                     truncate: str | None, batch_size: int | None, device, dtype) -> None:
     """Every option of `certify` that needs no file, checked before any work (one InputError naming it)."""
     check_cad(cad)
-    for name, value in (("relearn", relearn), ("consistency", consistency)):
-        if value is not None and value not in STAGE_MODES:
-            raise InputError(f"{name} must be one of {', '.join(STAGE_MODES)} (or None), not {value!r}")
+    check_stage_modes(relearn, consistency)
     if chat_template not in CHAT_MODES:
         raise InputError(f"chat_template must be one of {', '.join(CHAT_MODES)}, not {chat_template!r}")
     if truncate is not None and truncate not in TRUNCATE_MODES:

@@ -61,7 +61,7 @@ import numpy as np
 
 from mansu_audit.cache import FileLock, NoCache, ResultCache, cache_lock, files_sha256, sha256_json, state_dict_sha256
 from mansu_audit.certificate import body_schema_version, guard_messages, guard_records, unquantized_label
-from mansu_audit.certify import BASE, CAD_MODES, certify, check_quantizers, evaluate_all, model_content_sha256
+from mansu_audit.certify import BASE, CAD_MODES, certify, check_quantizers, check_stage_modes, evaluate_all, model_content_sha256
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.desiderata import split_statistics, variant_keys
 from mansu_audit.details import BaseAttributions, compute_details, write_details
@@ -315,6 +315,8 @@ class MatrixContext:
     threads: int | None = None
     base_entries: dict | None = None
     cad: str = "auto"  # certify's cad= for every cell; "skip" also skips the report's per-layer circuit mass
+    relearn: str | None = "auto"  # certify's relearn= for every cell (K)
+    consistency: str | None = "auto"  # certify's consistency= for every cell
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}  # not the loaded memo
@@ -446,7 +448,8 @@ def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
             staging = scratch / "out"
             _log(ctx.progress, f"{method} seed {seed}: certifying through {', '.join(ctx.quantizers)}")
             cert = certify(base, candidate, ctx.bundle, quantizers=ctx.quantizers, policy=ctx.policy, out=staging,
-                           cache=cache, progress=ctx.progress, threads=ctx.threads, cad=ctx.cad)
+                           cache=cache, progress=ctx.progress, threads=ctx.threads, cad=ctx.cad,
+                           relearn=ctx.relearn, consistency=ctx.consistency)
             _log(ctx.progress, f"{method} seed {seed}: diagnostics and per-layer circuit mass")
             details = compute_details(base, candidate, ctx.bundle, ctx.quantizers, cache,
                                       base_attributions=ctx.base_attributions(), progress=ctx.progress,
@@ -474,7 +477,7 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
                progress: bool = True, title: str | None = None, executor=None, threads: int | None = None,
                include_forget_text: bool = False, overwrite: bool = False, baseline: Mapping | None = None,
                baseline_path: str | None = None, tolerances: Mapping[str, float] | None = None,
-               cad: str = "auto") -> MatrixRun:
+               cad: str = "auto", relearn: str | None = "auto", consistency: str | None = "auto") -> MatrixRun:
     """Run the grid into `out` (see the module docstring); returns the results and file paths.
 
     `executor` (default `InProcessExecutor()`; see `mansu_audit.executors`) runs the
@@ -486,7 +489,8 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     earlier output there is replaced only with `overwrite`. `baseline` (results read
     by `read_results`, named `baseline_path` in the page) is compared with
     `tolerances` (`parse_tolerance`); the regressions are in `MatrixRun.regressions`.
-    `cad` ("auto" or "skip", as `certify`'s) is passed to every cell's certification.
+    `cad` ("auto" or "skip", as `certify`'s), `relearn` and `consistency` (as `certify`'s)
+    are passed to every cell's certification.
     """
 
     quantizers = tuple(dict.fromkeys(q for q in quantizers if q != "fp32"))
@@ -494,6 +498,7 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     check_inputs(methods, quantizers, seeds)
     if cad not in CAD_MODES:
         raise InputError(f"cad must be one of {', '.join(CAD_MODES)}, not {cad!r}")
+    check_stage_modes(relearn, consistency)
     out = check_output_dir(out, overwrite)
     overrides = dict(overrides or {})
     cache = cache if cache is not None else ResultCache()
@@ -505,6 +510,7 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     store = None if remote and isinstance(cache, NoCache) else checkpoint_store(cache, out)
     ctx = MatrixContext(base=base, bundle=bundle, policy=policy, cache=cache, quantizers=quantizers, device=device,
                         store=store, progress=progress and not remote, cad=cad,
+                        relearn=relearn, consistency=consistency,
                         threads=threads or getattr(executor, "threads_per_cell", None) or _torch_threads())
     _log(progress, f"base model: evaluating through fp32, {', '.join(quantizers)} (once for every cell)")
     ctx.base_entries = executor.map(evaluate_base, ctx, [None], ["base model"], progress=progress)[0]

@@ -243,3 +243,10 @@ def test_demo_on_the_reference_model(reference, tmp_path, capsys):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("user data")
     assert main(["demo", "--out", str(tmp_path / "other"), "--quiet"]) == 2  # never writes into a foreign folder
+
+
+@pytest.mark.parametrize("kwargs", [{"relearn": "sometimes"}, {"consistency": "on-demand"}, {"cad": "maybe"}])
+def test_bad_stage_mode_is_refused_before_any_work(tmp_path, kwargs):
+    with pytest.raises(InputError, match=next(iter(kwargs))):
+        matrix.run_matrix(["ga"], ["int8"], [0], tmp_path / "out", base="no-such-model", **kwargs)
+    assert not (tmp_path / "out").exists()

@@ -139,9 +139,20 @@ def parse_batch_size(text: str) -> int | None:
     return value
 
 
+def add_stage_args(p: argparse.ArgumentParser) -> None:
+    """`--relearn` and `--consistency` (certify, matrix, demo): passed as `relearn=`/`consistency=` to certify."""
+    p.add_argument("--relearn", choices=("auto", "on", "skip"), default="auto",
+                   help="K: relearning attack + probes (auto: when the benchmark has forget_attack or --oracle is "
+                        "given; on: always; skip: K not computed; default %(default)s)")
+    p.add_argument("--consistency", choices=("auto", "skip"), default="auto",
+                   help="report base and candidate accuracy under every cyclic rotation of the choices and flag "
+                        "order-dependent models (skip: leave it out; default %(default)s)")
+
+
 def add_grid_args(p: argparse.ArgumentParser) -> None:
-    """The options `matrix` and `demo` share: CAD, cache, output, threads, where unlearning trains."""
+    """The options `matrix` and `demo` share: CAD, K, consistency, cache, output, threads, where unlearning trains."""
     add_cad_arg(p)
+    add_stage_args(p)
     add_cache_args(p, forget_text=True)
     add_output_args(p, json=True)
     add_model_args(p, allow_pickle=False)

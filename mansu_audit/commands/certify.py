@@ -9,7 +9,7 @@ from mansu_audit.attest import load_private_key
 from mansu_audit.cache import NoCache, ResultCache
 from mansu_audit.certificate import format_verdict_table, guard_messages
 from mansu_audit.certify import DEPLOYMENTS, MERGED, certify
-from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_cache_args, add_cad_arg, add_loading_args,
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_cache_args, add_cad_arg, add_stage_args, add_loading_args,
                                           add_model_args, add_output_args, parse_list)
 from mansu_audit.errors import InputError
 from mansu_audit.outdir import check_cache_dir, check_output_dir
@@ -27,15 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantizers", default="nf4,gptq,int8", help="comma list (default %(default)s)")
     p.add_argument("--out", required=True, help="folder for certificate.json and results.json")
     p.add_argument("--policy", default=None, help="YAML file overriding thresholds, bootstrap size, seed, level")
-    p.add_argument("--relearn", choices=("auto", "on", "skip"), default="auto",
-                   help="K: relearning attack + probes (auto: when the benchmark has forget_attack or --oracle is "
-                        "given; on: always; skip: K not computed; default %(default)s)")
+    add_stage_args(p)
     p.add_argument("--oracle", default=None, metavar="MODEL",
                    help="a model that never learned the forget facts: gets the same relearning attack as a "
                         "reference point (reported, not gated)")
-    p.add_argument("--consistency", choices=("auto", "skip"), default="auto",
-                   help="report base and candidate accuracy under every cyclic rotation of the choices and flag "
-                        "order-dependent models (skip: leave it out; default %(default)s)")
     p.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH",
                    help="evaluate a quantized artifact of the candidate made elsewhere as its quantized variant "
                         "NAME (Q[NAME]; base unquantized beside it; its digest is recorded): a GGUF file (e.g. "
