@@ -182,7 +182,7 @@ def test_attribute_cli_writes_scores_circuit_and_faithfulness(model_dir, tmp_pat
     from mansu_audit.cli import main
 
     out = tmp_path / "circuit.json"
-    rc = main(["attribute", "--model", str(model_dir), "--out", str(out), "--circuit-frac", "0.05",
+    rc = main(["attribute", "--model", str(model_dir), "--out-file", str(out), "--circuit-frac", "0.05",
                "--steps", "2", "--quiet"])
     assert rc == 0
     report = json.loads(out.read_text())
@@ -194,6 +194,6 @@ def test_attribute_cli_writes_scores_circuit_and_faithfulness(model_dir, tmp_pat
     assert report["timing"]["attribution_seconds"] > 0
     # bad input: one line, exit 2, nothing written
     bad = tmp_path / "bad.json"
-    assert main(["attribute", "--model", str(model_dir), "--out", str(bad), "--circuit-frac", "2"]) == 2
+    assert main(["attribute", "--model", str(model_dir), "--out-file", str(bad), "--circuit-frac", "2"]) == 2
     assert not bad.exists()
     assert "circuit-frac" in capsys.readouterr().err

@@ -191,7 +191,7 @@ OTHER_CASES = {
         "evaluate", "--model", "reference", "--benchmark", str(t / "b"),
         *([] if edit_item(t / "b", "retain_eval", lambda o: b"\xc3\x28") else [])], "retain_eval.jsonl:1"),
     "evaluate bootstrap zero": (lambda t: ["evaluate", "--model", "reference", "--bootstrap", "0"], "--bootstrap"),
-    "evaluate seed negative": (lambda t: ["evaluate", "--model", "reference", "--seed", "-3"], "--seed"),
+    "evaluate seed negative": (lambda t: ["evaluate", "--model", "reference", "--stats-seed", "-3"], "--stats-seed"),
     "matrix --set without =": (lambda t: ["matrix", "--methods", "ga", "--set", "ga:steps", "--out", str(t / "out")],
                                "--set"),
     "matrix --set other method": (lambda t: ["matrix", "--methods", "ga", "--set", "npo:steps=3", "--out",

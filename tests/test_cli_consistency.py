@@ -86,7 +86,7 @@ def test_version(capsys):
 
 @pytest.mark.parametrize("command", ["attribute", "diagnose"])
 def test_pinned_commands_refuse_other_devices(command, capsys):
-    args = {"attribute": ["--model", "reference", "--out", "x.json"],
+    args = {"attribute": ["--model", "reference", "--out-file", "x.json"],
             "diagnose": ["--base", "reference", "--candidate", "reference"]}[command]
     assert main([command, *args, "--dtype", "bfloat16"]) == 2
     assert "runs in float32" in capsys.readouterr().err
@@ -199,3 +199,85 @@ def test_piped_output_has_no_cursor_control_sequences():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for stream in (proc.stdout, proc.stderr):
         assert "\r" not in stream and "\x1b[" not in stream
+
+
+def _visible(p: argparse.ArgumentParser) -> set[str]:
+    return {o for o, a in _options(p).items() if a.help != argparse.SUPPRESS}
+
+
+def test_one_meaning_per_flag_name():
+    """--seed is the unlearning seed, --method an unlearning method, --out a folder, --benchmark a benchmark:
+    the commands where these names meant something else use their own names now (issue 13 §3)."""
+    subs = _subparsers()
+    where = {flag: sorted(name for name, p in subs.items() if flag in _visible(p))
+             for flag in ("--seed", "--method", "--out", "--out-file", "--stats-seed", "--calibration")}
+    assert where["--seed"] == ["tune", "unlearn"]
+    assert where["--method"] == ["tune", "unlearn"]
+    assert where["--out-file"] == ["attribute", "report", "tune"]
+    assert not set(where["--out"]) & set(where["--out-file"])
+    assert where["--stats-seed"] == ["attribute", "cad", "evaluate"]
+    assert where["--calibration"] == []
+    for name in where["--out"]:
+        assert "file" not in _options(subs[name])["--out"].help.split("(")[0].lower().replace("certificate.json", "")
+
+
+@pytest.mark.parametrize("argv, dest, value", [
+    (["evaluate", "--model", "reference", "--seed", "3"], "stats_seed", 3),
+    (["cad", "--base", "a", "--candidate", "b", "--method", "eap"], "attribution", "eap"),
+    (["attribute", "--model", "reference", "--out", "x.json"], "out_file", "x.json"),
+    (["report", "DIR", "--out", "x.html"], "out_file", "x.html"),
+    (["convert", "wmdp", "--source", "s", "--out", "o", "--seed", "2"], "split_seed", 2),
+    (["diagnose", "--base", "a", "--candidate", "b", "--calibration", "synthhazard"], "benchmark", "synthhazard"),
+])
+def test_former_option_names_still_work_with_a_warning(argv, dest, value, capsys):
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is now --" in err and "will be removed" in err
+
+
+def test_renamed_option_keeps_its_type_check(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["evaluate", "--model", "reference", "--seed", "-1"])
+    assert exc.value.code == 2
+
+
+def test_set_has_one_syntax():
+    from mansu_audit.commands._common import parse_settings
+
+    assert parse_settings(["steps=3", "ga:lr=1e-4"], ["ga"]) == {"ga": ["steps=3", "lr=1e-4"]}
+    assert parse_settings(["ga:steps=3", "npo:beta=0.1"], ["ga", "npo"]) == {"ga": ["steps=3"], "npo": ["beta=0.1"]}
+    assert parse_settings(["m.py:Cls:steps=2"], ["m.py:Cls"]) == {"m.py:Cls": ["steps=2"]}
+    assert parse_settings(["ga:forget_source=a:b"], ["ga"]) == {"ga": ["forget_source=a:b"]}
+    for bad, methods, message in ((["steps"], ["ga"], "expected"), (["steps=3"], ["ga", "npo"], "several methods"),
+                                  (["npo:steps=3"], ["ga"], "not a method this command runs"), (["=3"], ["ga"], "expected")):
+        with pytest.raises(InputError, match=message):
+            parse_settings(bad, methods)
+
+
+def test_unlearn_and_tune_accept_the_method_prefix(monkeypatch, tmp_path):
+    import mansu_audit.commands.tune as tune_command
+    import mansu_audit.commands.unlearn as unlearn_command
+
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen.update(kwargs)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(unlearn_command, "unlearn", stop)
+    monkeypatch.setattr(tune_command, "tune", stop)
+    assert main(["unlearn", "--method", "ga", "--model", "reference", "--out", str(tmp_path / "o"),
+                 "--set", "ga:steps=2", "--set", "lr=1e-4"]) == 2
+    assert seen.pop("overrides") == ["steps=2", "lr=1e-4"]
+    seen.clear()
+    assert main(["tune", "--method", "ga", "--budget", "1", "--set", "ga:steps=2"]) == 2
+    assert seen.pop("fixed") == {"steps": "2"}
+    seen.clear()
+    assert main(["unlearn", "--method", "ga", "--model", "reference", "--out", str(tmp_path / "o"),
+                 "--set", "npo:steps=2"]) == 2 and not seen
+
+
+def test_attribute_without_out_file_is_one_line(capsys):
+    assert main(["attribute", "--model", "reference"]) == 2
+    assert capsys.readouterr().err.strip().endswith("the argument --out-file is required")

@@ -161,7 +161,7 @@ def test_parquet_and_hf_saved_dataset(tmp_path):
 def test_cli_convert_and_one_line_errors(tmp_path, capsys):
     out = tmp_path / "bundle"
     assert main(["convert", "wmdp", "--source", str(WMDP_DIR), "--config", "wmdp-bio", "--out", str(out),
-                 "--retain-source", str(MMLU_DIR), "--seed", "2"]) == 0
+                 "--retain-source", str(MMLU_DIR), "--split-seed", "2"]) == 0
     assert "forget_eval 10" in capsys.readouterr().out and load_bundle(out).manifest["seed"] == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q?", "choices": ["a", "b"], "answer": 1}\n'

@@ -147,15 +147,15 @@ def test_report_out_file_is_refused_unless_overwrite(made, tmp_path, capsys):
     folder = made["root"] / "cert"
     target = tmp_path / "r.html"
     target.write_text("mine")
-    assert main(["report", str(folder), "--out", str(target)]) == 2
+    assert main(["report", str(folder), "--out-file", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "file exists (pass --overwrite" in err[0], err
     assert target.read_text() == "mine"
-    assert main(["report", str(folder), "--out", str(target), "--overwrite"]) == 0
+    assert main(["report", str(folder), "--out-file", str(target), "--overwrite"]) == 0
     assert "<html" in target.read_text()
-    assert main(["report", str(folder), "--out", str(tmp_path)]) == 2
+    assert main(["report", str(folder), "--out-file", str(tmp_path)]) == 2
     assert "must be a file (it is a folder)" in capsys.readouterr().err
-    assert main(["report", str(folder), "--out", str(target / "x.html")]) == 2
+    assert main(["report", str(folder), "--out-file", str(target / "x.html")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # nothing else written
 

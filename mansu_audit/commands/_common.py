@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mansu_audit.certify import CAD_MODES
 from mansu_audit.data import LM_EVAL_PREFIX
@@ -18,6 +19,58 @@ BENCHMARK_HELP = (f"'synthhazard' (bundled), a bundle folder (`mansu-audit conve
                   f"{LM_EVAL_PREFIX}FORGET,RETAIN (lm-eval tasks, converted on use)")
 CAD_HELP = ("S: run EAP-IG + CAD on the benchmark's forget_attr split (auto; S not computed when it has none) or "
             "leave S not computed (skip: no circuit attribution at all); default %(default)s")
+
+
+class _RenamedOption(argparse.Action):
+    """A former option name, kept hidden for one release: one warning line on stderr, then the value goes to the
+    new option's destination (so a flag name keeps one meaning across commands; issue 13 §3)."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {parser.prog}: {option_string} is now {self.new} (the old name will be removed)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(p: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """Accept `old` as a hidden, warned alias of the already-added option `new` (same dest and type)."""
+    action = next(a for a in p._actions if new in a.option_strings)
+    p.add_argument(old, dest=action.dest, action=_RenamedOption, new=new, type=action.type, choices=action.choices,
+                   default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+STATS_SEED_HELP = "seed of the statistics: bootstrap resamples and the random-circuit control (default %(default)s)"
+
+
+SET_HELP = ("override a method setting, [METHOD:]KEY=VALUE (repeatable; types are checked); METHOD: may be left "
+            "out when the command runs one method")
+
+
+def parse_settings(values: list[str], methods: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
+    """`--set [METHOD:]KEY=VALUE` values (one syntax on every command) as {method: ["KEY=VALUE", ...]}.
+
+    METHOD (the text given in --method/--methods; a file method `path.py:Class` works, the last `:` before
+    `=` separates it) may be left out only when `methods` has one entry; a METHOD the command does not run is
+    an error, so a typo never silently changes nothing."""
+    out: dict[str, list[str]] = {}
+    for text in values:
+        left, sep, value = text.partition("=")
+        method, colon, key = left.rpartition(":")
+        if not sep or not key.strip():
+            raise InputError(f"--set '{text}': expected [METHOD:]KEY=VALUE")
+        if not colon:
+            if len(methods) != 1:
+                raise InputError(f"--set '{text}': this command runs several methods; write METHOD:KEY=VALUE")
+            method = methods[0]
+        method = method.strip()
+        if method not in methods:
+            raise InputError(f"--set '{text}': '{method}' is not a method this command runs "
+                             f"({', '.join(methods)})")
+        out.setdefault(method, []).append(f"{key.strip()}={value}")
+    return out
 
 
 def non_negative_int(text: str) -> int:

@@ -10,7 +10,8 @@ from mansu_audit.api import as_bundle
 from mansu_audit.circuits import attribute, faithfulness_details, random_circuit, select_circuit
 from mansu_audit.circuits.circuit import Circuit
 from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
-                                          add_output_args, check_pinned)
+                                          STATS_SEED_HELP, add_output_args, add_renamed, check_pinned,
+                                          non_negative_int)
 from mansu_audit.errors import InputError
 from mansu_audit.io import atomic_write_bytes
 from mansu_audit.loading import load_model
@@ -24,17 +25,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--split", default="forget_attr", help="MCQ split with corrupt variants (default %(default)s)")
-    p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("--out-file", metavar="FILE", help="the JSON file to write (required)")
+    add_renamed(p, "--out", "--out-file")
     p.add_argument("--circuit-frac", type=float, default=0.01,
                    help="fraction of MLP parameters the circuit's neurons own (default %(default)s)")
     p.add_argument("--head-frac", type=float, default=1.0,
                    help="fraction of attention heads kept in the circuit (default %(default)s: all)")
     p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default %(default)s)")
-    p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig",
+    p.add_argument("--attribution", choices=("eap", "eap-ig"), default="eap-ig",
                    help="attribution method: eap (one gradient) or eap-ig (integrated gradients; default %(default)s)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="clean/corrupt pairs per attribution batch (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-circuit control (default %(default)s)")
+    p.add_argument("--stats-seed", type=non_negative_int, default=0, help=STATS_SEED_HELP)
+    add_renamed(p, "--seed", "--stats-seed")
+    add_renamed(p, "--method", "--attribution")
     add_output_args(p)
     add_model_args(p)
     add_loading_arguments(p, cpu_only="attribution needs exact float32 gradients", chat_template=False)
@@ -49,9 +53,11 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.out)
+    if args.out_file is None:
+        raise InputError("the argument --out-file is required")
+    out = Path(args.out_file)
     if out.is_dir():
-        raise InputError("--out is a folder; give a file name", out)
+        raise InputError("--out-file is a folder; give a file name", out)
 
 
 def attribution_report(loaded, bundle, split: str, *, circuit_frac: float, head_frac: float, steps: int,
@@ -103,16 +109,16 @@ def run(args: argparse.Namespace) -> int:
     bundle = as_bundle(args.benchmark)
     loaded = load_model(args.model, allow_pickle=args.allow_pickle)
     report = attribution_report(loaded, bundle, args.split, circuit_frac=args.circuit_frac, head_frac=args.head_frac,
-                                steps=args.steps, method=args.method, batch_size=args.batch_size, seed=args.seed,
+                                steps=args.steps, method=args.attribution, batch_size=args.batch_size, seed=args.stats_seed,
                                 progress=not args.quiet)
-    atomic_write_bytes(Path(args.out), (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(Path(args.out_file), (json.dumps(report, indent=1) + "\n").encode())
     a, c, f = report["attribution"], report["circuit"], report["faithfulness"]
-    print(f"{args.method} on {report['split']}: {a['n_items']} items ({a['n_skipped']} skipped), "
+    print(f"{args.attribution} on {report['split']}: {a['n_items']} items ({a['n_skipped']} skipped), "
           f"{a['seconds']:.1f}s; M clean {a['metric_clean_mean']:.3f}, corrupt {a['metric_corrupt_mean']:.3f}")
     print(f"circuit: {c['n_neurons']} neurons, {c['n_params']} params ({100 * c['frac']:.2f}% of MLP), "
           f"per layer {[len(v) for _, v in sorted(c['neurons'].items(), key=lambda kv: int(kv[0]))]}")
     print(f"faithfulness: circuit {f['circuit']['faithfulness']:.3f}, random same size "
           f"{f['random_circuit']['faithfulness']:.3f}, heads+input only {f['no_neurons']['faithfulness']:.3f}")
     print(f"top layers (|MLP score|): {[t['layer'] for t in report['top_layers']]}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out_file}")
     return 0

@@ -7,8 +7,8 @@ import json
 from mansu_audit.api import UNQUANTIZED_ALIASES, as_bundle
 from mansu_audit.circuits import attribute, compute_cad, select_circuit
 from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
-                                          add_output_args, check_pinned, non_negative_int, parse_list,
-                                          positive_int)
+                                          STATS_SEED_HELP, add_output_args, add_renamed, check_pinned,
+                                          non_negative_int, parse_list, positive_int)
 from mansu_audit.compat import check_compatible
 from mansu_audit.desiderata import unquantized_record
 from mansu_audit.errors import InputError
@@ -31,11 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--circuit-frac", type=float, default=0.01,
                    help="circuit size as a fraction of MLP parameters (default %(default)s)")
     p.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default %(default)s)")
-    p.add_argument("--method", choices=("eap", "eap-ig"), default="eap-ig",
+    p.add_argument("--attribution", choices=("eap", "eap-ig"), default="eap-ig",
                    help="attribution method: eap (one gradient) or eap-ig (integrated gradients; default %(default)s)")
+    add_renamed(p, "--method", "--attribution")
     p.add_argument("--bootstrap", type=positive_int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
-                   help="seed of the bootstrap and the random circuit (default %(default)s)")
+    p.add_argument("--stats-seed", type=non_negative_int, default=0, help=STATS_SEED_HELP)
+    add_renamed(p, "--seed", "--stats-seed")
     p.add_argument("--batch-size", type=int, default=16,
                    help="clean/corrupt pairs per attribution batch (default %(default)s)")
     add_output_args(p, json=True)
@@ -66,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
     candidate = load_model(args.candidate, allow_pickle=args.allow_pickle)
     check_compatible(base, candidate)
     progress = not args.quiet
-    base_attr = attribute(base.model, base.tokenizer, items, steps=args.steps, method=args.method,
+    base_attr = attribute(base.model, base.tokenizer, items, steps=args.steps, method=args.attribution,
                           batch_size=args.batch_size, progress=progress)
     if base_attr.n_items == 0:
         raise InputError(f"no usable items in '{args.split}' (no corrupt variants of equal token length)",
                          bundle.files.get(args.split))
     circuit = select_circuit(base_attr, args.circuit_frac)
-    common = dict(circuit=circuit, base_attribution=base_attr, steps=args.steps, method=args.method,
-                  B=args.bootstrap, seed=args.seed, batch_size=args.batch_size, progress=progress)
+    common = dict(circuit=circuit, base_attribution=base_attr, steps=args.steps, method=args.attribution,
+                  B=args.bootstrap, seed=args.stats_seed, batch_size=args.batch_size, progress=progress)
     unquantized = unquantized_record({"base": base, "candidate": candidate})  # label, dtype, device per role
     results = {unquantized["label"]: compute_cad(base.model, candidate.model, base.tokenizer, items, **common)}
     for q in quantizers:
@@ -84,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"base": base.name, "candidate": candidate.name, "benchmark": bundle.name,
                           "split": args.split, "unquantized": unquantized,
                           "settings": {**base_attr.settings(), "circuit_frac": args.circuit_frac,
-                                       "B": args.bootstrap, "seed": args.seed},
+                                       "B": args.bootstrap, "seed": args.stats_seed},
                           "results": {k: v.to_dict() for k, v in results.items()}}, indent=2))
         return 0
     first = results[unquantized["label"]]
     dtypes = ", ".join(sorted(set(unquantized["dtype"].values())))
     print(f"CAD of {candidate.name} vs {base.name} on {bundle.name}/{args.split} (unquantized = {dtypes} as "
           f"loaded): n {first.n_items} ({len(first.skipped)} skipped), circuit {first.circuit.n_neurons} neurons "
-          f"({100 * first.circuit.frac:.2f}% of MLP params), B {args.bootstrap}, seed {args.seed}")
+          f"({100 * first.circuit.frac:.2f}% of MLP params), B {args.bootstrap}, seed {args.stats_seed}")
     print(f"{'candidate':<12}{'CAD':>8}  {'95% CI':<16}  {'cos dist':>8}  {'jaccard':>8}  {'random-circuit CAD':>8}")
     for name, r in results.items():
         print(_line(name, r))

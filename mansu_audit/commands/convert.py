@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from mansu_audit.commands._common import non_negative_int, parse_list, positive_int
+from mansu_audit.commands._common import add_renamed, non_negative_int, parse_list, positive_int
 from mansu_audit.convert import (DEFAULT_ATTR_FRACTION, ConvertOptions, convert_generic, convert_lm_eval, convert_mmlu,
                                  convert_wmdp)
 from mansu_audit.convert.lm_eval import DEFAULT_FEWSHOT_SEED
@@ -47,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attr-fraction", type=float, default=DEFAULT_ATTR_FRACTION,
                    help="share of forget items held out for attribution (forget_attr; default %(default)s)")
     p.add_argument("--attr-max", type=int, default=None, help="cap on forget_attr items")
-    p.add_argument("--seed", type=int, default=0, help="seed of the forget_eval/forget_attr split (default %(default)s)")
+    p.add_argument("--split-seed", type=non_negative_int, default=0,
+                   help="seed of the forget_eval/forget_attr split (default %(default)s)")
+    add_renamed(p, "--seed", "--split-seed")
     p.add_argument("--tokenizer", default=None,
                    help="model whose tokenizer length-matches the neutral corrupt stems (folder, .gguf, 'reference')")
     p.add_argument("--name", default=None, help="bundle name (default: from the source)")
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         retain_split=args.retain_split, retain_subjects=parse_list(args.retain_subjects) or None,
         retain_map=args.retain_map, retain_max=args.retain_max, forget_corpus=args.forget_corpus,
         retain_corpus=args.retain_corpus, corpus_field=args.corpus_field, corpus_max_docs=args.corpus_max_docs,
-        attr_fraction=args.attr_fraction, attr_max=args.attr_max, seed=args.seed, tokenizer=args.tokenizer,
+        attr_fraction=args.attr_fraction, attr_max=args.attr_max, seed=args.split_seed, tokenizer=args.tokenizer,
         name=args.name, overwrite=args.force)
     if args.format == "wmdp":
         out = convert_wmdp(args.source, args.config or "wmdp-bio", args.out, options)

@@ -6,7 +6,7 @@ import json
 
 from mansu_audit.api import as_bundle
 from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
-                                          add_output_args, check_pinned, parse_list)
+                                          add_output_args, add_renamed, check_pinned, parse_list)
 from mansu_audit.diagnostics import diagnose, diagnosed_names
 from mansu_audit.loading import load_model
 
@@ -21,9 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list of registered quantizers, plus gptq-datafree: GPTQ's grid without calibration "
                         "(symmetric RTN int4 g128), a proxy, not the calibrated gptq certify runs "
                         "(default %(default)s)")
-    p.add_argument("--calibration", default=None,
+    p.add_argument("--benchmark", default=None,
                    help="benchmark whose retain_corpus calibrates gptq/gptq-act-order (without it they are reported as "
                         "gptq-datafree): " + BENCHMARK_HELP)
+    add_renamed(p, "--calibration", "--benchmark")
     p.add_argument("--per-layer", action="store_true", help="also print one row per layer")
     add_output_args(p, quiet=False, json=True)
     add_model_args(p)
@@ -43,10 +44,10 @@ def format_table(diagnosis, per_layer: bool = False) -> str:
 def run(args: argparse.Namespace) -> int:
     check_pinned(args, device=True)
     names = parse_list(args.quantizers)
-    diagnosed_names(names, calibrated=args.calibration is not None)  # unknown names fail before any model loads
+    diagnosed_names(names, calibrated=args.benchmark is not None)  # unknown names fail before any model loads
     base = load_model(args.base, allow_pickle=args.allow_pickle)
     cand = load_model(args.candidate, allow_pickle=args.allow_pickle)
-    bundle = as_bundle(args.calibration) if args.calibration else None
+    bundle = as_bundle(args.benchmark) if args.benchmark else None
     result = diagnose(base.model, cand.model, names, calibration=bundle,
                       tokenizer=base.tokenizer if bundle is not None else None,
                       base_name=base.name, candidate_name=cand.name)

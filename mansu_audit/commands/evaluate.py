@@ -6,7 +6,8 @@ import json
 
 from mansu_audit.api import evaluate
 from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_args, add_model_args,
-                                         add_output_args, non_negative_int, parse_list, positive_int)
+                                          STATS_SEED_HELP, add_output_args, add_renamed, non_negative_int,
+                                          parse_list, positive_int)
 from mansu_audit.data import load_bundle
 from mansu_audit.loading import load_model
 from mansu_audit.stats import DEFAULT_B
@@ -21,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantizers", default="", help="comma list, e.g. nf4,gptq,int8 (the unquantized model, as "
                    "loaded, is always included; 'fp32' is accepted as its name; default: none)")
     p.add_argument("--bootstrap", type=positive_int, default=DEFAULT_B, help="bootstrap replicates (default %(default)s)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed (default %(default)s)")
+    p.add_argument("--stats-seed", type=non_negative_int, default=0, help=STATS_SEED_HELP)
+    add_renamed(p, "--seed", "--stats-seed")
     add_output_args(p, json=True)
     add_model_args(p)
     add_loading_args(p)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.benchmark)  # cheap checks first: a bad file fails before the model loads
     model = load_model(args.model, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     result = evaluate(model, bundle, quantizers=parse_list(args.quantizers), B=args.bootstrap,
-                      seed=args.seed, batch_size=args.batch_size, chat_template=args.chat_template,
+                      seed=args.stats_seed, batch_size=args.batch_size, chat_template=args.chat_template,
                       truncate=args.truncate, scoring=args.scoring, progress=not args.quiet,
                       threads=args.threads)
     if args.json:

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from mansu_audit.cache import NoCache, ResultCache
-from mansu_audit.commands._common import BENCHMARK_HELP, MODEL_HELP, add_grid_args, check_pinned, parse_list
+from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, SET_HELP, add_grid_args, check_pinned,
+                                          parse_list, parse_settings)
 from mansu_audit.errors import InputError
 from mansu_audit.executors import make_executor
 from mansu_audit.matrix import format_matrix_table, parse_tolerance, read_results, run_matrix, write_results
@@ -28,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default="reference", help="base model: " + MODEL_HELP + " (default %(default)s)")
     p.add_argument("--benchmark", default="synthhazard", help=BENCHMARK_HELP + " (default %(default)s)")
     p.add_argument("--policy", default=None, help="YAML policy file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                   help="override one method's setting (repeatable), e.g. ga:steps=30")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                   help=SET_HELP + ", e.g. ga:steps=30")
     p.add_argument("--settings", dest="settings_files", action="append", default=[], metavar="FILE",
                    help="a `mansu-audit tune` output: its method's chosen settings (repeatable; --set wins)")
     p.add_argument("--baseline", default=None, help="baseline file (matrix.json format) to compare against")
@@ -53,16 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reruns of a cell whose worker died (default %(default)s)")
 
 
-def parse_method_overrides(values: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for v in values:
-        method, sep, setting = v.partition(":")
-        if not sep or "=" not in setting or not method.strip():
-            raise InputError(f"--set '{v}': expected METHOD:KEY=VALUE")
-        out.setdefault(method.strip(), []).append(setting)
-    return out
-
-
 def parse_seeds(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in parse_list(text))
@@ -77,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()
     check_pinned(args, device=False)
     methods = parse_list(args.methods)
-    overrides = parse_method_overrides(args.overrides)
-    unknown = sorted(set(overrides) - set(methods))
-    if unknown:
-        raise InputError(f"--set names methods not in --methods: {', '.join(unknown)}")
+    overrides = parse_settings(args.overrides, methods)
     overrides = tuned_overrides(args.settings_files, methods, overrides)
     tolerances = parse_tolerance(args.tolerance)
     baseline = read_results(args.baseline) if args.baseline else None  # fail before the long run

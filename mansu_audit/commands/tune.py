@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
-                                          add_output_args, check_pinned, non_negative_int, positive_int)
-from mansu_audit.errors import InputError
+                                          SET_HELP, add_output_args, add_renamed, check_pinned,
+                                          non_negative_int, parse_settings, positive_int)
 from mansu_audit.tune import (DEFAULT_BASE, DEFAULT_BENCHMARK, check_out_file, format_result, result_json, tune,
                                write_result)
 
@@ -21,13 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", required=True, type=positive_int, help="number of trials (settings drawn)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the draws and of every trial's unlearning (default %(default)s)")
-    p.add_argument("--out", default=None, help="write the JSON here (default: print it on stdout)")
+    p.add_argument("--out-file", default=None, metavar="FILE", help="write the JSON here (default: print it on stdout)")
+    add_renamed(p, "--out", "--out-file")
     p.add_argument("--base", default=DEFAULT_BASE, help="base model: " + MODEL_HELP + " (default %(default)s)")
     p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=BENCHMARK_HELP + " (needs forget_train and "
                    "retain_train; default %(default)s)")
     p.add_argument("--policy", default=None, help="YAML policy file (max_retain_drop and the bootstrap settings)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="hold a setting fixed in every trial, out of the search (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                   help="hold a setting fixed in every trial, out of the search: " + SET_HELP)
     add_output_args(p)
     add_model_args(p, allow_pickle=False)
     add_loading_arguments(p, float32_only="training stays float32; trials are scored on the CPU",
@@ -36,26 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_pinned(args, device=False)
-    fixed = _fixed_settings(args.overrides)
-    if args.out is not None:
-        check_out_file(args.out)  # before the long run
+    settings = parse_settings(args.overrides, [args.method]).get(args.method, [])
+    fixed = dict(setting.split("=", 1) for setting in settings)
+    if args.out_file is not None:
+        check_out_file(args.out_file)  # before the long run
     result = tune(args.method, args.budget, seed=args.seed, base=args.base, benchmark=args.benchmark,
                   policy=args.policy, fixed=fixed, device=args.device, progress=not args.quiet, threads=args.threads)
-    if args.out is None:
+    if args.out_file is None:
         print(result_json(result))
     else:
-        write_result(result, args.out)
+        write_result(result, args.out_file)
         print(format_result(result))
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out_file}")
     return 0 if result.chosen is not None else 1
 
-
-def _fixed_settings(values: list[str]) -> dict[str, str]:
-    """`--set key=value` pairs as a dict of strings (tune type-checks them against the method's Settings)."""
-    out = {}
-    for text in values:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set {text}: expected key=value")
-        out[key.strip()] = value
-    return out

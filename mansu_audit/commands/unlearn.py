@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from mansu_audit.commands._common import (BENCHMARK_HELP, MODEL_HELP, add_loading_arguments, add_model_args,
-                                          add_output_args, check_pinned)
+                                          SET_HELP, add_output_args, check_pinned, parse_settings)
 from mansu_audit.unlearn import unlearn
 
 NAME = "unlearn"
@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
     p.add_argument("--seed", type=int, default=0, help="seed of the method's data order and initialisation "
                    "(default %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a method setting (repeatable); types are checked")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                   help=SET_HELP)
     add_output_args(p)
     add_model_args(p, allow_pickle=False)
     add_loading_arguments(p, float32_only="training stays float32", chat_template=False)
@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_pinned(args, device=False)
-    result = unlearn(args.method, args.model, args.benchmark, seed=args.seed, overrides=args.overrides,
+    overrides = parse_settings(args.overrides, [args.method]).get(args.method, [])
+    result = unlearn(args.method, args.model, args.benchmark, seed=args.seed, overrides=overrides,
                      out=args.out, device=args.device, progress=not args.quiet)
     last = result.diagnostics.get("loop", {}).get("last", {})
     losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
