@@ -12,9 +12,11 @@ from mansu_audit.data import Bundle, MCQItem, load_bundle
 from mansu_audit.evaluate import MCQResult, evaluate_mcq
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.tune import TuneResult, tune
+from mansu_audit.verdicts import Outcome, Verdict
 from mansu_audit.verification import Verification, verify
 
 from mansu_audit._version import __version__
 
 __all__ = ["Bundle", "Certificate", "certify", "read_certificate", "Evaluation", "LoadedModel", "MCQItem", "MCQResult", "evaluate", "evaluate_mcq",
-           "load_bundle", "load_model", "tune", "TuneResult", "Verification", "verify", "__version__"]
+           "load_bundle", "load_model", "tune", "TuneResult", "Outcome", "Verdict", "Verification", "verify",
+           "__version__"]

@@ -33,7 +33,7 @@ from mansu_audit.io import atomic_write_bytes, read_json_object, sha256_file
 from mansu_audit.loading import TOKENIZER_FILES, load_model, model_file_map
 from mansu_audit.policy import load_policy
 from mansu_audit.rederive import derived_guard, rederive, schema_version_of, unquantized_label as label
-from mansu_audit.verdicts import GuardFinding
+from mansu_audit.verdicts import GuardFinding, Outcome, Verdict
 
 SCHEMA_NAME = "mansu-audit-certificate"
 SCHEMA_VERSION = 2
@@ -73,8 +73,14 @@ class Certificate:
     schema_version: int = SCHEMA_VERSION
 
     @property
-    def verdict(self) -> str:
-        return self.body["verdict"]
+    def verdict(self) -> Outcome:
+        """The overall verdict, typed (an `Outcome`, which equals its stored string)."""
+        return Outcome(self.body["verdict"])
+
+    @property
+    def verdicts(self) -> dict[str, Verdict]:
+        """Every desideratum's verdict record, typed: {"F": Verdict(...), ..., "Q[nf4]": ...}."""
+        return {name: Verdict.from_dict(d) for name, d in self.body["desiderata"].items()}
 
     @property
     def body_sha256(self) -> str:
@@ -82,6 +88,7 @@ class Certificate:
 
     @property
     def desiderata(self) -> dict:
+        """The body's desiderata as stored (plain JSON dicts; `verdicts` is the typed view)."""
         return self.body["desiderata"]
 
     def document(self) -> dict:

@@ -86,6 +86,7 @@ re-derive the verdicts of version-1 certificates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -93,7 +94,18 @@ import numpy as np
 from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate, paired_bootstrap
 
-PASS, FAIL, INCONCLUSIVE, NOT_COMPUTED = "PASS", "FAIL", "INCONCLUSIVE", "NOT COMPUTED"
+class Outcome(StrEnum):
+    """A verdict. A `str` subclass whose value is what certificates store ("PASS", ..., "NOT COMPUTED"), so it
+    compares, hashes and serialises as that string: bodies are byte-identical to plain strings, and a verdict
+    read back from JSON (a plain str) finds the same dict entries. `Outcome(text)` types a stored verdict."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    NOT_COMPUTED = "NOT COMPUTED"
+
+
+PASS, FAIL, INCONCLUSIVE, NOT_COMPUTED = Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE, Outcome.NOT_COMPUTED
 SEVERITY = {PASS: 0, NOT_COMPUTED: 1, INCONCLUSIVE: 1, FAIL: 2}
 DEFAULT_REQUIRED = ("F", "R", "Q", "S")
 UNQUANTIZED = "unquantized"  # the variant label of the model as loaded (its dtype is recorded beside it)
@@ -112,7 +124,7 @@ class Verdict:
     """One desideratum's verdict and the statistic and threshold that decided it."""
 
     name: str
-    verdict: str
+    verdict: Outcome
     statistic: str
     estimate: Estimate | None
     threshold: float | None
@@ -126,7 +138,7 @@ class Verdict:
     @classmethod
     def from_dict(cls, d: Mapping) -> "Verdict":
         e = d.get("estimate")
-        return cls(str(d["name"]), str(d["verdict"]), str(d["statistic"]),
+        return cls(str(d["name"]), Outcome(d["verdict"]), str(d["statistic"]),
                    None if e is None else Estimate.from_dict(e), d.get("threshold"), str(d.get("reason", "")))
 
 

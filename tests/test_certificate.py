@@ -45,6 +45,26 @@ def test_certify_writes_a_valid_certificate_and_verify_accepts_it(saved, tmp_pat
     assert main(["verify", str(tmp_path / "out" / "certificate.json")]) == 0
 
 
+def test_results_are_typed(saved, tmp_path):
+    """`Certificate.verdict` is an `Outcome`, `.verdicts` maps each desideratum to a `Verdict` record; both equal
+    what the body stores, and an Outcome serialises exactly as its string (bodies are unchanged)."""
+    from mansu_audit import Outcome, Verdict
+    from mansu_audit.cache import canonical_json
+
+    certify_cli(saved, tmp_path / "out")
+    cert = read_certificate(tmp_path / "out" / "certificate.json")
+    assert isinstance(cert.verdict, Outcome) and cert.verdict == cert.body["verdict"]
+    typed = cert.verdicts
+    assert set(typed) == set(cert.body["desiderata"]) >= {"F", "R", "Q", "Q[int8]", "S"}
+    for name, v in typed.items():
+        assert isinstance(v, Verdict) and isinstance(v.verdict, Outcome)
+        assert v.to_dict() == cert.body["desiderata"][name]
+    assert typed["S"].verdict is Outcome.NOT_COMPUTED and typed["S"].estimate is None
+    assert typed["F"].estimate.low <= typed["F"].estimate.point <= typed["F"].estimate.high
+    assert canonical_json({"v": Outcome.NOT_COMPUTED}) == canonical_json({"v": "NOT COMPUTED"})
+    assert {"NOT COMPUTED": 1}[Outcome.NOT_COMPUTED] == 1 and f"{Outcome.PASS}" == "PASS"
+
+
 def test_same_inputs_give_a_byte_identical_body(saved, tmp_path):
     certify_cli(saved, tmp_path / "a")
     certify_cli(saved, tmp_path / "b")
