@@ -60,8 +60,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from mansu_audit.cache import FileLock, NoCache, ResultCache, cache_lock, files_sha256, sha256_json, state_dict_sha256
-from mansu_audit.certificate import body_schema_version, guard_messages, guard_records, unquantized_label
-from mansu_audit.certify import BASE, CAD_MODES, certify, check_quantizers, check_stage_modes, evaluate_all, model_content_sha256
+from mansu_audit.certificate import RESULTS_FILE, body_schema_version, guard_messages, guard_records, unquantized_label
+from mansu_audit.certify import (BASE, CAD_MODES, certify, check_quantizers, check_stage_modes, evaluate_all,
+                                 model_content_sha256)
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.desiderata import split_statistics, variant_keys
 from mansu_audit.details import BaseAttributions, compute_details, write_details
@@ -451,9 +452,10 @@ def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
                            cache=cache, progress=ctx.progress, threads=ctx.threads, cad=ctx.cad,
                            relearn=ctx.relearn, consistency=ctx.consistency)
             _log(ctx.progress, f"{method} seed {seed}: diagnostics and per-layer circuit mass")
+            cad_details = json.loads((staging / RESULTS_FILE).read_text(encoding="utf-8")).get("cad")
             details = compute_details(base, candidate, ctx.bundle, ctx.quantizers, cache,
                                       base_attributions=ctx.base_attributions(), progress=ctx.progress,
-                                      circuits=ctx.cad != "skip")
+                                      circuits=ctx.cad != "skip", cad_details=cad_details)
             write_details(staging, details, run_record(record))
             del candidate
         names = sorted((p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()),

@@ -380,3 +380,22 @@ def test_headless_chromium_renders_report_without_console_errors(audit_dir, tmp_
     proc = subprocess.run([sys.executable, str(script), str(bad), str(tmp_path / "bad.png"), "--height", "300"],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1 and "boom" in proc.stderr and "request: http://127.0.0.1:9/x.png" in proc.stderr
+
+
+
+def test_details_reuse_the_certificates_cad_attributions(audit_dir, ref_tokenizer, tmp_path, monkeypatch):
+    """details.json's per-layer circuit mass comes from the certificate's CAD record (no second attribution) and
+    equals what attributing both models again gives (the fixture's details)."""
+    import mansu_audit.details as details_module
+
+    out, cert, attributed = audit_dir
+    cad = json.loads((out / "results.json").read_text())["cad"]
+    base = model_from_objects(tiny_llama(len(ref_tokenizer), seed=0, hidden=32, intermediate=64), ref_tokenizer, "b")
+    cand = model_from_objects(tiny_llama(len(ref_tokenizer), seed=1, hidden=32, intermediate=64), ref_tokenizer, "c")
+    monkeypatch.setattr(details_module, "attribute", lambda *a, **k: pytest.fail("attributed again"))
+    reused = compute_details(base, cand, hostile_bundle(tmp_path / "bundle"), QUANTIZERS, NoCache(),
+                             cad_details=cad)["circuit_layers"]
+    assert set(reused) == set(attributed["circuit_layers"])
+    for key, value in attributed["circuit_layers"].items():
+        assert reused[key] == pytest.approx(value), key
+    assert reused["cad_point"] == pytest.approx(cert.body["statistics"]["cad"]["point"])

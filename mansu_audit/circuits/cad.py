@@ -13,9 +13,12 @@ The circuit and the signs s_c stay fixed across replicates (they define the
 statistic; at the full sample Σ s_c·a_θ0(c) = Σ |a_θ0(c)| exactly).
 
 Also reported: the same CAD on a random circuit of the same size (control), the
-cosine distance between the two models' mean MLP attribution vectors, and the
+cosine distance between the two models' mean MLP attribution vectors, the
 Jaccard overlap between C and the circuit re-discovered on the candidate
-(same size, top-k by |score|).
+(same size, top-k by |score|), and the circuit mass per layer
+(`circuit_mass_per_layer`: mass_base[l] = Σ_{c∈C, layer l} |a_θ0(c)|,
+mass_candidate[l] = Σ_{c∈C, layer l} s_c·a_θu(c), over the items both models could
+use), which the report draws, so it never recomputes the attributions.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class CADResult:
     candidate_summary: dict
     circuit_mass_base: float  # Σ|a_θ0(c)| over C
     circuit_mass_candidate: float  # Σ s_c·a_θu(c) over C
+    circuit_layers: dict | None = None  # circuit_mass_per_layer(...) of the same attributions
 
     def to_dict(self) -> dict:
         return {"cad": self.cad.to_dict(), "random_circuit_cad": self.random_cad.to_dict(),
@@ -55,7 +59,35 @@ class CADResult:
                 "random_circuit": {"n_neurons": self.random_circuit.n_neurons, "seed": self.random_circuit.seed},
                 "circuit_mass_base": self.circuit_mass_base,
                 "circuit_mass_candidate": self.circuit_mass_candidate,
-                "base_attribution": self.base_summary, "candidate_attribution": self.candidate_summary}
+                "base_attribution": self.base_summary, "candidate_attribution": self.candidate_summary,
+                "circuit_layers": self.circuit_layers}
+
+
+def circuit_mass_per_layer(base_mean: np.ndarray, candidate_mean: np.ndarray, mask: np.ndarray) -> dict:
+    """Per-layer circuit mass before/after from mean MLP attributions [L, F] and the circuit mask [L, F]."""
+    base_mean = np.asarray(base_mean, dtype=np.float64)
+    candidate_mean = np.asarray(candidate_mean, dtype=np.float64)
+    signs = np.sign(base_mean)
+    in_c = np.asarray(mask, dtype=bool)
+    mass_base = np.where(in_c, np.abs(base_mean), 0.0).sum(axis=1)
+    mass_cand = np.where(in_c, signs * candidate_mean, 0.0).sum(axis=1)
+    total_base, total_cand = float(mass_base.sum()), float(mass_cand.sum())
+    return {"layers": list(range(base_mean.shape[0])),
+            "circuit_neurons": in_c.sum(axis=1).astype(int).tolist(),
+            "circuit_mass_base": mass_base.tolist(),
+            "circuit_mass_candidate": mass_cand.tolist(),
+            "mlp_mass_base": np.abs(base_mean).sum(axis=1).tolist(),
+            "mlp_mass_candidate": np.abs(candidate_mean).sum(axis=1).tolist(),
+            "total_base": total_base, "total_candidate": total_cand,
+            "cad_point": (1.0 - total_cand / total_base) if total_base > 0 else None}
+
+
+def circuit_layers_from_attributions(base: Attribution, candidate: Attribution, circuit: Circuit) -> dict:
+    """`circuit_mass_per_layer` over the items both attributions could use (what `cad_from_attributions` reports)."""
+    b_scores, c_scores, _ = _aligned(base, candidate)
+    if len(b_scores) == 0:
+        raise ValueError("no items usable by both models")
+    return circuit_mass_per_layer(b_scores.mean(0), c_scores.mean(0), circuit.neuron_mask().numpy())
 
 
 def signed_circuit_sums(scores: np.ndarray, mask: np.ndarray, signs: np.ndarray) -> np.ndarray:
@@ -106,8 +138,9 @@ def cad_from_attributions(base: Attribution, candidate: Attribution, circuit: Ci
     b[np.argsort(-np.abs(cand_mean).ravel(), kind="stable")[:circuit.n_neurons]] = True  # re-discovered, same size
     union = int((a | b).sum())
     jaccard = float((a & b).sum()) / union if union else 1.0
+    layers = circuit_mass_per_layer(base_mean, cand_mean, circuit.neuron_mask().numpy())
     return CADResult(cad, rnd, cosine_distance, jaccard, circuit, random_control, len(b_scores), skipped,
-                     base.summary(), candidate.summary(), mass_base, mass_cand)
+                     base.summary(), candidate.summary(), mass_base, mass_cand, layers)
 
 
 def compute_cad(base_model: torch.nn.Module, candidate_model: torch.nn.Module, tokenizer,
