@@ -72,12 +72,13 @@ from mansu_audit.io import atomic_write_bytes, json_copy, progress_logger, read_
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.policy import Policy
 from mansu_audit.prompts import chat_mode_for
+from mansu_audit.rederive import scoring_of
 from mansu_audit.registry import code_files, get_method
 from mansu_audit.outdir import check_output_dir, staged_dir
 from mansu_audit.report import matrix_html, render_report, write_html
 from mansu_audit.stats import Estimate
 from mansu_audit.unlearn import RECORD_NAME, resolve_method, unlearn
-from mansu_audit.verdicts import UNQUANTIZED, decide
+from mansu_audit.verdicts import UNQUANTIZED, below_chance_findings, decide
 
 MATRIX_SCHEMA = "mansu-audit-matrix"
 MATRIX_SCHEMA_VERSION = 1
@@ -197,6 +198,9 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
         for split in ("forget_eval", "retain_eval"):
             if b["per_item"][split]["ids"] != first["per_item"][split]["ids"]:
                 raise InputError(f"{split}: the seeds were certified on different items; cannot pool them")
+        if scoring_of(b) != scoring_of(first) or b["chance"] != first["chance"]:
+            raise InputError(f"the seeds were scored differently ({scoring_of(first)} vs {scoring_of(b)}, chance "
+                             f"{first['chance']} vs {b['chance']}); cannot pool them")
     policy = Policy.from_dict(first["policy"]["values"])
     quantizers = list(first["quantizers"])
     correct = {}
@@ -213,9 +217,15 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
     cad = _envelope([b["statistics"].get("cad") or b["desiderata"]["S"]["estimate"] for b in bodies], policy.level)
     control = _envelope([b["statistics"].get("cad_control") for b in bodies], policy.level)
     guard = [g for b in bodies for g in guard_records(b)]
+    pooled = []
+    if _rules(first) >= 2:  # the pooled interval is narrower than any seed's: below chance is checked on it too
+        pooled = below_chance_findings(f_est, (UNQUANTIZED, *quantizers), policy, float(first["chance"]),
+                                       scoring_of(first))
+    guard += pooled
     decision = decide(f_est, r_est, quantizers, policy, chance=float(first["chance"]), cad=cad, cad_control=control,
                       guard=guard, rules=_rules(first))
     messages = [f"seed run {i + 1} of {len(bodies)}: {m}" for i, b in enumerate(bodies) for m in _messages(b)]
+    messages += [f"pooled over {len(bodies)} seeds: {g.message}" for g in pooled]
     out_stats = {"D_F": f_est["D_F"], "D_R": r_est["D_R"], **{f"G_Q[{q}]": f_est[f"G_Q[{q}]"] for q in quantizers}}
     if cad is not None:
         out_stats["CAD"] = cad

@@ -346,7 +346,6 @@ def guard_findings(forget: SplitItems, retain: SplitItems, forget_stats: Mapping
                    retain_stats: Mapping[str, Estimate], quantizers: Sequence[str], policy: Policy,
                    rules: int = 2, scoring: str = "letter") -> list[GuardFinding]:
     """Over-unlearning and below-chance findings for every candidate variant (module docstring)."""
-    margin = below_chance_margin(policy, scoring)
     num_choices = int(max(forget.num_choices.max(), retain.num_choices.max()))
     out = []
     for variant in (UNQUANTIZED, *quantizers):
@@ -364,10 +363,24 @@ def guard_findings(forget: SplitItems, retain: SplitItems, forget_stats: Mapping
             if finding:
                 out.append(GuardFinding("degenerate_outputs", target, FAIL,
                                         f"over-unlearning ({key}): degenerate outputs: {finding}", key, scope))
+        if rules >= 2:
+            out += below_chance_findings(forget_stats, (variant,), policy, forget.chance, scoring)
+    return out
+
+
+def below_chance_findings(forget_stats: Mapping[str, Estimate], variants: Sequence[str], policy: Policy,
+                          chance: float, scoring: str = "letter") -> list[GuardFinding]:
+    """"Below chance is knowledge" (module docstring, F) for the candidate's `variants` (UNQUANTIZED or a
+    quantizer name), from the forget statistics alone: also applied to seed-pooled statistics
+    (`matrix.pool_seeds`), whose interval is narrower than any one seed's."""
+    margin = below_chance_margin(policy, scoring)
+    out = []
+    for variant in variants:
+        key = variant_key(CANDIDATE, variant)
         f_acc = forget_stats[f"acc[{key}]"]
-        if rules >= 2 and np.isfinite(f_acc.high) and f_acc.high < forget.chance - margin:
-            bound = f"{forget.chance:.2f}" + (f" - {margin:.2f}" if margin else "")
-            out.append(GuardFinding("below_chance", target, FAIL,
+        if np.isfinite(f_acc.high) and f_acc.high < chance - margin:
+            bound = f"{chance:.2f}" + (f" - {margin:.2f}" if margin else "")
+            out.append(GuardFinding("below_chance", "F" if variant == UNQUANTIZED else f"Q[{variant}]", FAIL,
                                     f"below chance ({key}): forget accuracy {_fmt_ci(f_acc)} is wholly below chance "
                                     f"{bound}: the model still identifies the right answer by avoiding it",
                                     key, "self"))

@@ -250,3 +250,27 @@ def test_bad_stage_mode_is_refused_before_any_work(tmp_path, kwargs):
     with pytest.raises(InputError, match=next(iter(kwargs))):
         matrix.run_matrix(["ga"], ["int8"], [0], tmp_path / "out", base="no-such-model", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def _always_wrong(body: dict) -> dict:
+    """A copy of `body` whose unquantized candidate answers every forget item wrongly, without its own guard."""
+    body = copy.deepcopy(body)
+    per = body["per_item"]["forget_eval"]
+    per["predictions"]["candidate/unquantized"] = [(a + 1) % 4 for a in per["answers"]]
+    body["guard"] = []
+    return body
+
+
+def test_pooling_rechecks_below_chance_on_the_pooled_interval(bodies):
+    """The seeds' own below-chance findings are not the only ones: the pooled forget accuracy is checked too
+    (here the seeds' findings were removed, so only the pooled check can FAIL F)."""
+    pooled = matrix.pool_seeds([_always_wrong(b) for b in bodies])
+    assert pooled["verdicts"]["F"] == "FAIL"
+    assert any(m.startswith("pooled over 2 seeds: below chance (candidate/unquantized)") for m in pooled["guard"])
+
+
+def test_pooling_refuses_seeds_scored_differently(bodies):
+    other = copy.deepcopy(bodies[1])
+    other.setdefault("prompting", {})["scoring"] = "choice-text"
+    with pytest.raises(InputError, match="scored differently"):
+        matrix.pool_seeds([bodies[0], other])
