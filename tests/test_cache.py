@@ -271,3 +271,23 @@ def test_poisoned_cad_entry_is_recomputed(pair, tmp_path, capsys):
     again = certify_module.certify(base, cand, bundle, quantizers=(), policy=FAST, cache=cache, **stages)
     assert again.body == cold.body
     assert "value does not match its recorded SHA-256" in capsys.readouterr().err
+
+
+def test_batch_size_is_not_part_of_the_evaluation_key(tmp_path, ref_tokenizer):
+    """A run at another batch size reuses every evaluation entry (issue 13 §4: keys hold only what changes
+    results) and gives the same predictions."""
+    from mansu_audit.certify import evaluate_all
+    from mansu_audit.loading import model_from_objects
+
+    bundle = small_bundle(tmp_path / "bundle", n=12)
+    model = model_from_objects(tiny_llama(len(ref_tokenizer), seed=0, hidden=32, intermediate=64), ref_tokenizer, "m")
+    cache = ResultCache(tmp_path / "cache")
+    first = evaluate_all({"base": model}, bundle, ("int8",), cache, batch_size=5)
+    entries = sorted(p.name for p in (tmp_path / "cache").rglob("*.json"))
+    again = evaluate_all({"base": model}, bundle, ("int8",), cache, batch_size=64)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.json")) == entries
+    assert again.batch_size == 0  # everything came from the cache
+    fresh = evaluate_all({"base": model}, bundle, ("int8",), NoCache(), batch_size=64)
+    for split, by_key in first.results.items():
+        for key, result in by_key.items():
+            assert (fresh.results[split][key].predictions == result.predictions).all()
