@@ -5,8 +5,10 @@ under the cache folder, keyed by method, resolved settings, seed, base and
 benchmark file hashes and the methods' code, so a rerun reuses it), certify it
 through every quantizer (`certify`; each evaluation and the CAD are cached by
 content, so the base model is evaluated once for the whole grid), and write the
-pair's `details.json` (diagnostics, per-layer circuit mass). An interrupted run
-resumes from the cache.
+pair's `details.json` (diagnostics, per-layer circuit mass) and `candidate.json`
+(where the unlearned checkpoint is stored and the exact `mansu-audit unlearn`
+command that rebuilds it, so a certificate stays verifiable after the cache is
+cleared). An interrupted run resumes from the cache.
 
 Outputs in OUT: one certificate folder per cell (`runs/<method>/seed-<k>/`),
 `matrix.json` (every cell's verdicts and headline statistics, and per method the
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -142,6 +145,31 @@ def _stored_or_trained(instance, seed, overrides, base, bundle, path: Path, devi
     _log(progress, f"{instance.name} seed {seed}: unlearning")
     unlearn(instance, base, bundle, seed=seed, overrides=list(overrides), out=path, device=device, progress=progress)
     return path, json.loads(record_path.read_text(encoding="utf-8"))
+
+
+CANDIDATE_FILE = "candidate.json"
+
+
+def candidate_record(method: str, base: LoadedModel, bundle: Bundle, checkpoint: Path, record: Mapping) -> dict:
+    """`candidate.json` beside each cell's certificate: where its unlearned checkpoint is stored (inside the
+    result cache, so clearing the cache removes it) and the `mansu-audit unlearn` command that rebuilds it,
+    with every setting spelled out (so a later change of a default cannot change the rebuild). The rebuilt
+    weights are checked by `mansu-audit verify CERT --candidate DIR` against the certificate's digests."""
+    from mansu_audit.data import BUNDLED_BENCHMARKS
+    from mansu_audit.unlearn import adapter_base_spec
+
+    try:
+        base_spec = adapter_base_spec(base)
+    except InputError:
+        base_spec = base.name
+    bench = bundle.name if BUNDLED_BENCHMARKS.get(bundle.name) == bundle.root else str(bundle.root)
+    sets = [f"--set {shlex.quote(f'{k}={v}')}" for k, v in sorted((record.get("settings") or {}).items())]
+    command = " ".join(["mansu-audit unlearn --method", shlex.quote(method), "--model", shlex.quote(base_spec),
+                        "--benchmark", shlex.quote(bench), "--seed", str(record.get("seed")), *sets,
+                        "--device", shlex.quote(str(record.get("device", "cpu"))), "--out CANDIDATE_DIR"])
+    return {"checkpoint": str(Path(checkpoint).resolve()), "rebuild": command,
+            "verify": "mansu-audit verify certificate.json --candidate CANDIDATE_DIR",
+            "unlearn": dict(record)}
 
 
 def run_record(record: Mapping) -> dict:
@@ -467,6 +495,7 @@ def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
                                       base_attributions=ctx.base_attributions(), progress=ctx.progress,
                                       circuits=ctx.cad != "skip", cad_details=cad_details)
             write_details(staging, details, run_record(record))
+            write_json(staging / CANDIDATE_FILE, candidate_record(method, base, ctx.bundle, ckpt, record))
             del candidate
         names = sorted((p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()),
                        key=lambda n: (n == "certificate.json", n))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,6 +170,19 @@ def test_grid_runs_caches_resumes_and_gates_on_baseline(tiny_base_dir, tmp_path,
     assert rate["n"] == 2 and f"PASS in {rate['k']} of 2 seeds" in html
     assert (out / "index.html").read_text().count('class="audit"') == 4
     first = (out / "matrix.json").read_bytes()
+
+    # candidate.json says where the checkpoint is and rebuilds it exactly: verify accepts the rebuilt weights
+    import shlex
+
+    folder = out / results["cells"][1]["folder"]
+    record = json.loads((folder / "candidate.json").read_text())
+    assert (Path(record["checkpoint"]) / "model.safetensors").is_file() and record["unlearn"]["seed"] == 1
+    rebuilt = tmp_path / "rebuilt"
+    command = shlex.split(record["rebuild"].replace("CANDIDATE_DIR", str(rebuilt)))
+    assert command[:2] == ["mansu-audit", "unlearn"] and "batch_size=4" in command and "steps=2" in command
+    assert main([*command[1:], "--quiet"]) == 0
+    assert main(["verify", str(folder / "certificate.json"), "--candidate", str(rebuilt)]) == 0
+    capsys.readouterr()
 
     # rerun: every checkpoint and evaluation comes from the cache (no training, no evaluation)
     import importlib
