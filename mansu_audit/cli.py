@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 from contextlib import contextmanager, nullcontext
@@ -55,6 +56,25 @@ def plain_stderr():
             hf_logging.enable_progress_bar()
 
 
+# Loggers of optional libraries that warn on import about things a CPU run cannot use: with torchao installed,
+# transformers imports it in every from_pretrained, which logs two CUDA extensions it cannot load and two torch
+# deprecations. A command's stderr is for its own messages (one line on bad input); raised to ERROR per command.
+IMPORT_NOISE_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+@contextmanager
+def quiet_import_noise():
+    loggers = [logging.getLogger(name) for name in IMPORT_NOISE_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -62,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # commands that load a model take --threads (commands/_common.add_model_args): the thread policy
         # (mansu_audit.threads) holds for the whole command, and torch's count is restored after it
-        with torch_threads(args.threads) if hasattr(args, "threads") else nullcontext(), plain_stderr():
+        with torch_threads(args.threads) if hasattr(args, "threads") else nullcontext(), plain_stderr(), \
+                quiet_import_noise():
             return int(args._run(args))
     except InputError as exc:
         print(f"mansu-audit: error: {exc}", file=sys.stderr)

@@ -172,6 +172,9 @@ def test_every_quantizer(smol, general, smol_bundle):
     assert {"nf4", "int8", "gptq", "gguf-q4_0"} <= set(names)
     # two of the five GGUF types keep this test's time in check (all five are bit-exact-tested on small weights)
     names = [n for n in names if not n.startswith("gguf-") or n in ("gguf-q4_0", "gguf-q8_0")]
+    # SmolLM2's 576-wide rows are not a multiple of int4wo's group of 128: that quantizer refuses them (torchao
+    # itself would leave those layers unquantized), tested in tests/test_quant_torchao.py
+    names = [n for n in names if n != "torchao-int4wo-g128"]
     embed = smol.model.model.embed_tokens.weight.detach().clone()
     for name in names:
         with stage(f"quantize+eval {name}"):

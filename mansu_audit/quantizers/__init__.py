@@ -12,7 +12,8 @@ weights), rtn-int4-g128, rtn-int3-g128 (uniform asymmetric RTN) — each a
 `WeightwiseQuantizer` whose per-weight function `quantize_weight(name, w)` is
 public (`weight_dequantizer(name)`: the same values without the record) — and gptq, gptq-act-order (in-house GPTQ, needs calibration texts and a
 tokenizer), and gguf-q8_0/-q4_0/-q4_1/-q5_0/-q5_1 (llama.cpp's legacy GGUF types
-through gguf-py, bit exact; optional extra `[gguf]`).
+through gguf-py, bit exact; optional extra `[gguf]`), hqq-4bit-g64 (HQQ through the hqq package; extra
+`[hqq]`), torchao-int8wo and torchao-int4wo-g128 (torchao weight-only; extra `[torchao]`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from mansu_audit.quantizers.int8 import quantize_weight_int8
 from mansu_audit.quantizers.rtn import quantize_weight_rtn
 from mansu_audit.quantizers import gptq as _gptq  # noqa: F401  (registers gptq, gptq-act-order)
 from mansu_audit.quantizers import gguf as _gguf  # noqa: F401  (registers gguf-q8_0, -q4_0, -q4_1, -q5_0, -q5_1)
+from mansu_audit.quantizers import hqq as _hqq  # noqa: F401  (registers hqq-4bit-g64; imports hqq only when used)
+from mansu_audit.quantizers import torchao as _torchao  # noqa: F401  (registers torchao-int8wo, torchao-int4wo-g128)
 from mansu_audit.registry import available_quantizers, get_quantizer
 
 for _name, _quant_type, _double in (("nf4", "nf4", False), ("nf4-dq", "nf4", True), ("fp4", "fp4", False)):
