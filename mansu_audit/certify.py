@@ -33,6 +33,7 @@ from mansu_audit.certificate import CERTIFICATE_FILE, Certificate, RESULTS_FILE,
 from mansu_audit.circuits import compute_cad
 from mansu_audit.compat import check_compatible
 from mansu_audit.consistency import run_stage as run_consistency_check
+from mansu_audit.crosscheck import SPLIT as CROSS_SPLIT, cross_scoring_for, cross_statistics, section as cross_section
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.desiderata import (BASE, CANDIDATE, UNQUANTIZED, Assessment, assess, cad_control_from_details,
                                      per_item_record, unquantized_record, variant_key)
@@ -50,6 +51,7 @@ from mansu_audit.loading.lora import AdapterDelta, is_adapter, read_adapter_delt
 from mansu_audit.recovery import run_stage as run_recovery
 from mansu_audit.stats import Estimate, mean_ci
 from mansu_audit.threads import choose_threads, with_thread_policy
+from mansu_audit.verdicts import cross_informative, verdict_at_least
 
 DEFAULT_QUANTIZERS = ("nf4", "gptq", "int8")
 EVAL_SPLITS = ("forget_eval", "retain_eval")
@@ -180,8 +182,8 @@ def load_quantized_artifact(path: str | Path, like) -> object:
 def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Sequence[str], cache: ResultCache, *,
                  batch_size: int | None = 64, chat_template: str = "off", progress: bool = False,
                  truncate: str | None = None, artifacts: dict[str, str | Path] | None = None,
-                 scoring: str = "letter", deployment: str = MERGED, adapter: AdapterDelta | None = None
-                 ) -> Evaluations:
+                 scoring: str = "letter", deployment: str = MERGED, adapter: AdapterDelta | None = None,
+                 splits: Sequence[str] = EVAL_SPLITS) -> Evaluations:
     """Evaluate every (role, variant, split), reusing cached entries and caching each new one at once.
 
     A variant whose splits are all cached is not even quantized, so an interrupted
@@ -197,15 +199,16 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     `deployment="adapter-on-quantized-base"` (with `adapter`, the candidate's LoRA factors over the
     base): each quantized variant of the candidate is the base's quantized variant plus the adapter's
     delta kept in full precision (keyed; `merged` quantizes the candidate's merged weights).
+    `splits`: the MCQ splits to evaluate (default forget_eval and retain_eval).
     """
     batcher = AutoBatch(start=batch_size, evaluator=evaluate_mcq)
     code = evaluation_code_sha256()
-    items = {s: mcq_items_sha256(bundle.split(s)) for s in EVAL_SPLITS}
+    items = {s: mcq_items_sha256(bundle.split(s)) for s in splits}
     calibration = sha256_json(bundle.texts("retain_corpus")) if "retain_corpus" in bundle.corpus else None
     hashes = {role: model_content_sha256(m) for role, m in models.items()}
     prompting = {role: chat_template_record(m.tokenizer, chat_template) for role, m in models.items()}
     prompt_fns = {role: chat_prompt_fn(m.tokenizer, chat_template) for role, m in models.items()}
-    results: dict[str, dict[str, MCQResult]] = {s: {} for s in EVAL_SPLITS}
+    results: dict[str, dict[str, MCQResult]] = {s: {} for s in splits}
     settings: dict[str, dict] = {}
     artifacts = dict(artifacts or {})
     if artifacts:
@@ -220,16 +223,16 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 "calibration": None if variant == UNQUANTIZED else calibration,
                 "prompting": prompting[role], "subject_line": bundle.subject_line, "truncate": truncate,
                 **scoring_key(scoring), **runtime_record(model.model)}
-                for s in EVAL_SPLITS}
+                for s in splits}
             unmerged = deployment == ADAPTER_ON_QUANTIZED_BASE and role == CANDIDATE and variant != UNQUANTIZED
             if unmerged and variant not in artifacts:
-                for s in EVAL_SPLITS:
+                for s in splits:
                     inputs[s]["deployment"] = deployment
             if variant in artifacts:  # base: unquantized; candidate: the artifact's weights
-                for s in EVAL_SPLITS:
+                for s in splits:
                     inputs[s].update(calibration=None,
                                      artifact=settings[variant]["sha256"] if role == CANDIDATE else ARTIFACT_BASE)
-            keys = {s: ResultCache.key("mcq-eval", inputs[s]) for s in EVAL_SPLITS}
+            keys = {s: ResultCache.key("mcq-eval", inputs[s]) for s in splits}
             cached = {s: cache.get(k, validate=_eval_entry_check(bundle.split(s))) for s, k in keys.items()}
             evaluated = model.model
             if any(v is None for v in cached.values()) and variant in artifacts:
@@ -244,7 +247,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 seconds[f"quantize:{timed}"] = round(time.perf_counter() - started, 3)
                 settings.setdefault(variant, json_copy(quantized.settings, default=str))
                 del quantized  # keep only the model: the per-weight records are not needed here
-            for split in EVAL_SPLITS:
+            for split in splits:
                 key = variant_key(role, variant)
                 entry = cached[split]
                 if entry is None:
@@ -354,18 +357,20 @@ def check_cad(cad: CadSpec) -> None:
                         f"not {type(cad).__name__}")
 
 
-def check_stage_modes(relearn: str | None, consistency: str | None) -> None:
-    """`relearn=` and `consistency=`: one of STAGE_MODES or None (one InputError naming the argument)."""
-    for name, value in (("relearn", relearn), ("consistency", consistency)):
+def check_stage_modes(**stages: str | None) -> None:
+    """Stage arguments (`relearn=`, `consistency=`, `cross_scoring=`): each one of STAGE_MODES or None (one
+    InputError naming the argument)."""
+    for name, value in stages.items():
         if value is not None and value not in STAGE_MODES:
             raise InputError(f"{name} must be one of {', '.join(STAGE_MODES)} (or None), not {value!r}")
 
 
 def check_arguments(*, cad: CadSpec, relearn: str | None, consistency: str | None, chat_template: str,
-                    truncate: str | None, batch_size: int | None, device, dtype) -> None:
+                    truncate: str | None, batch_size: int | None, device, dtype,
+                    cross_scoring: str | None = None) -> None:
     """Every option of `certify` that needs no file, checked before any work (one InputError naming it)."""
     check_cad(cad)
-    check_stage_modes(relearn, consistency)
+    check_stage_modes(relearn=relearn, consistency=consistency, cross_scoring=cross_scoring)
     if chat_template not in CHAT_MODES:
         raise InputError(f"chat_template must be one of {', '.join(CHAT_MODES)}, not {chat_template!r}")
     if truncate is not None and truncate not in TRUNCATE_MODES:
@@ -476,7 +481,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             command: str | None = None, relearn: str | None = "auto",
             oracle: str | Path | LoadedModel | None = None, consistency: str | None = "auto",
             artifacts: dict[str, str | Path] | None = None, scoring: str | None = None,
-            deployment: str = MERGED,
+            deployment: str = MERGED, cross_scoring: str | None = "auto",
             threads: int | None = None, report: bool = False) -> Certificate:
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
@@ -509,6 +514,12 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     candidate (body `consistency`; "skip"/None leaves it out). Their wall times go to
     run.json only.
 
+    `cross_scoring="auto"` also scores forget_eval, unquantized base and candidate, in a
+    second formulation (letter <-> choice-text on the items' cloze statements;
+    `mansu_audit.crosscheck`) and F takes the worse of both formulations when the base
+    knows the facts there (body `cross_scoring`); "on" requires a second formulation,
+    "skip"/None leaves it out.
+
     `artifacts` maps a variant name to a GGUF file of the candidate made elsewhere
     (e.g. llama.cpp's Q4_K_M): it is evaluated as the candidate's quantized variant
     of that name (Q[name], G_Q[name]), the base unquantized beside it, and the file's
@@ -538,7 +549,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     if report and out is None:
         raise InputError("report=True needs an output folder (out=...) to write index.html into")
     check_arguments(cad=cad, relearn=relearn, consistency=consistency, chat_template=chat_template,
-                    truncate=truncate, batch_size=batch_size, device=device, dtype=dtype)
+                    truncate=truncate, batch_size=batch_size, device=device, dtype=dtype,
+                    cross_scoring=cross_scoring)
     if deployment not in DEPLOYMENTS:
         raise InputError(f"deployment must be one of {', '.join(DEPLOYMENTS)}, not {deployment!r}")
     cand_folder = candidate.path if isinstance(candidate, LoadedModel) else candidate
@@ -572,6 +584,11 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     models = {BASE: base_m, CANDIDATE: cand_m}
     run_relearn = _stage_wanted("relearn", relearn, auto="forget_attack" in bundle.mcq or oracle is not None)
     run_consistency = _stage_wanted("consistency", consistency, auto=True)
+    cross_mode = cross_scoring_for(scoring, bundle)
+    if cross_scoring == "on" and cross_mode is None:
+        raise InputError(f"cross_scoring='on': the benchmark has no second formulation for {scoring} scoring "
+                         f"(letter needs a cloze statement on every {CROSS_SPLIT} item)", bundle.root)
+    cross_mode = cross_mode if _stage_wanted("cross_scoring", cross_scoring, auto=True) else None
     oracle_m = None
     if oracle is not None and run_relearn:
         oracle_m = load_model(oracle, device=device, dtype=dtype, allow_pickle=allow_pickle)
@@ -581,6 +598,20 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
                          progress=progress, truncate=truncate, artifacts=artifacts, scoring=scoring,
                          deployment=deployment, adapter=adapter)
     timings["evaluate"] = time.perf_counter() - started - sum(timings.values())
+    cross = None
+    if cross_mode is not None:
+        _log(progress, f"forget_eval in a second formulation: {cross_mode} scoring")
+        cross_evals = evaluate_all(models, bundle, (), cache, batch_size=batch_size,
+                                   chat_template=chat_mode_for(chat_template, cross_mode), progress=progress,
+                                   truncate=truncate, scoring=cross_mode, splits=(CROSS_SPLIT,))
+        by_key = cross_evals.results[CROSS_SPLIT]
+        first = by_key[variant_key(BASE, UNQUANTIZED)]
+        predictions = {k: r.predictions for k, r in by_key.items()}
+        cross = cross_statistics(first.answers, predictions, policy)
+        informative = cross_informative(cross, policy, first.chance)
+        cross_record = cross_section(cross_mode, first.ids, first.answers, predictions, cross, informative,
+                                     verdict_at_least(cross["D_F"], policy.min_forget_drop) if informative else None)
+        timings["cross_scoring"] = time.perf_counter() - started - sum(timings.values())
     cad_estimate, cad_details = resolve_cad(cad, base_m, cand_m, bundle, policy, cache, progress)
     timings["cad"] = time.perf_counter() - started - sum(timings.values())
     cad_details, cad_seconds = split_timings(cad_details)
@@ -604,7 +635,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
         timings["consistency"] = time.perf_counter() - started - sum(timings.values())
     assessment = assess(evals.results["forget_eval"], evals.results["retain_eval"], quantizers, policy,
                         cad=cad_estimate, cad_control=cad_control_from_details(cad_details),
-                        relearn=None if recovery_stage is None else recovery_stage.relearn, scoring=scoring)
+                        relearn=None if recovery_stage is None else recovery_stage.relearn, scoring=scoring,
+                        cross=cross, cross_scoring=cross_mode or "")
     timings["assess"] = time.perf_counter() - started - sum(timings.values())  # paired bootstrap and verdicts
     sidecar = sidecar_bytes(evals, bundle, quantizers, cad_details)
     body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar,
@@ -618,6 +650,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
         body["recovery"] = recovery_stage.section
     if consistency_section is not None:
         body["consistency"] = consistency_section
+    if cross is not None:
+        body["cross_scoring"] = cross_record
     certificate = Certificate(body, now_utc())
     certificate.validate()
     if out is not None:

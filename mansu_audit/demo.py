@@ -47,10 +47,11 @@ class DemoResult:
 def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHODS,
              quantizers: Sequence[str] = DEMO_QUANTIZERS, cache: ResultCache | None = None, device: str = "cpu",
              progress: bool = True, include_forget_text: bool = False, overwrite: bool = False,
-             cad: str = "auto", relearn: str | None = "auto", consistency: str | None = "auto") -> DemoResult:
+             cad: str = "auto", relearn: str | None = "auto", consistency: str | None = "auto",
+             cross_scoring: str | None = "auto") -> DemoResult:
     """Run the demo into `out`; returns the matrix run and the wall time (forget-set item text is left out
     of the report unless `include_forget_text`; `cad="skip"` leaves S not computed in every certificate;
-    `relearn`/`consistency` as `certify`'s).
+    `relearn`/`consistency`/`cross_scoring` as `certify`'s).
     `out` is written as `run_matrix` writes it: checked first
     (an earlier output there is replaced only with `overwrite`), published whole at the end."""
 
@@ -62,5 +63,5 @@ def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHOD
                      cache=cache, device=device, cell_dir=lambda method, seed: method, progress=progress,
                      title="mansu-audit demo: MANSU vs baselines on synthhazard / reference",
                      include_forget_text=include_forget_text, overwrite=overwrite, cad=cad,
-                     relearn=relearn, consistency=consistency)
+                     relearn=relearn, consistency=consistency, cross_scoring=cross_scoring)
     return DemoResult(run, time.perf_counter() - start)

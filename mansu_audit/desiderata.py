@@ -106,7 +106,8 @@ def split_items(name: str, results: Mapping[str, MCQResult]) -> SplitItems:
 def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], quantizers: Sequence[str],
            policy: Policy, *, num_choices: int | None = None, cad: Estimate | None = None,
            cad_control: Estimate | None = None, relearn: Mapping[str, MCQResult] | None = None,
-           scoring: str = "letter") -> Assessment:
+           scoring: str = "letter", cross: Mapping[str, Estimate] | None = None,
+           cross_scoring: str = "") -> Assessment:
     """Statistics, guard findings and verdicts (`verdicts.decide`) from per-item results.
 
     `forget` / `retain` map `variant_key(role, variant)` to that model's results on
@@ -115,7 +116,8 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
     random-circuit control's (without it S cannot PASS). `relearn` maps K_BASE,
     K_BEFORE, K_AFTER to results on the same held-out forget items (K; None: K not
     computed). `scoring` (how the items were scored) sets the below-chance bound
-    (`verdicts.below_chance_margin`). Chance is each split's own mean of 1/k_i; `num_choices` is accepted
+    (`verdicts.below_chance_margin`). `cross` / `cross_scoring`: forget_eval scored in a second formulation
+    (`crosscheck.cross_statistics`; F takes the worse of both). Chance is each split's own mean of 1/k_i; `num_choices` is accepted
     for compatibility (the letter check uses the items' own choice counts).
     """
     quantizers = tuple(quantizers)
@@ -145,7 +147,7 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
         k_stats = k_statistics(relearn[K_BASE].correct, relearn[K_BEFORE].correct, relearn[K_AFTER].correct, policy)
         stats["relearn_heldout"] = k_stats
     d = decide(stats["forget_eval"], stats["retain_eval"], quantizers, policy, chance=chance, cad=cad,
-               cad_control=cad_control, relearn=k_stats, guard=guard)
+               cad_control=cad_control, relearn=k_stats, guard=guard, cross=cross, cross_scoring=cross_scoring)
     return Assessment(d.verdicts, d.overall, stats, d.guard, quantizers, chance, d.required, cad_control,
                       None if relearn is None else dict(relearn))
 

@@ -66,7 +66,7 @@ from mansu_audit.cache import FileLock, NoCache, ResultCache, cache_lock, files_
 from mansu_audit.certificate import RESULTS_FILE, body_schema_version, guard_messages, guard_records, unquantized_label
 from mansu_audit.certify import (BASE, CAD_MODES, certify, check_quantizers, check_stage_modes, evaluate_all,
                                  model_content_sha256)
-from mansu_audit.data import Bundle, load_bundle
+from mansu_audit.data import BUNDLED_BENCHMARKS, Bundle, load_bundle
 from mansu_audit.desiderata import split_statistics, variant_keys
 from mansu_audit.details import BaseAttributions, compute_details, write_details
 from mansu_audit.errors import InputError
@@ -80,7 +80,7 @@ from mansu_audit.registry import code_files, get_method
 from mansu_audit.outdir import check_output_dir, staged_dir
 from mansu_audit.report import matrix_html, render_report, write_html
 from mansu_audit.stats import Estimate
-from mansu_audit.unlearn import RECORD_NAME, resolve_method, unlearn
+from mansu_audit.unlearn import RECORD_NAME, adapter_base_spec, resolve_method, unlearn
 from mansu_audit.verdicts import UNQUANTIZED, below_chance_findings, decide
 
 MATRIX_SCHEMA = "mansu-audit-matrix"
@@ -155,9 +155,6 @@ def candidate_record(method: str, base: LoadedModel, bundle: Bundle, checkpoint:
     result cache, so clearing the cache removes it) and the `mansu-audit unlearn` command that rebuilds it,
     with every setting spelled out (so a later change of a default cannot change the rebuild). The rebuilt
     weights are checked by `mansu-audit verify CERT --candidate DIR` against the certificate's digests."""
-    from mansu_audit.data import BUNDLED_BENCHMARKS
-    from mansu_audit.unlearn import adapter_base_spec
-
     try:
         base_spec = adapter_base_spec(base)
     except InputError:
@@ -356,6 +353,7 @@ class MatrixContext:
     cad: str = "auto"  # certify's cad= for every cell; "skip" also skips the report's per-layer circuit mass
     relearn: str | None = "auto"  # certify's relearn= for every cell (K)
     consistency: str | None = "auto"  # certify's consistency= for every cell
+    cross_scoring: str | None = "auto"  # certify's cross_scoring= for every cell
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}  # not the loaded memo
@@ -488,7 +486,7 @@ def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
             _log(ctx.progress, f"{method} seed {seed}: certifying through {', '.join(ctx.quantizers)}")
             cert = certify(base, candidate, ctx.bundle, quantizers=ctx.quantizers, policy=ctx.policy, out=staging,
                            cache=cache, progress=ctx.progress, threads=ctx.threads, cad=ctx.cad,
-                           relearn=ctx.relearn, consistency=ctx.consistency)
+                           relearn=ctx.relearn, consistency=ctx.consistency, cross_scoring=ctx.cross_scoring)
             _log(ctx.progress, f"{method} seed {seed}: diagnostics and per-layer circuit mass")
             cad_details = json.loads((staging / RESULTS_FILE).read_text(encoding="utf-8")).get("cad")
             details = compute_details(base, candidate, ctx.bundle, ctx.quantizers, cache,
@@ -518,7 +516,8 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
                progress: bool = True, title: str | None = None, executor=None, threads: int | None = None,
                include_forget_text: bool = False, overwrite: bool = False, baseline: Mapping | None = None,
                baseline_path: str | None = None, tolerances: Mapping[str, float] | None = None,
-               cad: str = "auto", relearn: str | None = "auto", consistency: str | None = "auto") -> MatrixRun:
+               cad: str = "auto", relearn: str | None = "auto", consistency: str | None = "auto",
+               cross_scoring: str | None = "auto") -> MatrixRun:
     """Run the grid into `out` (see the module docstring); returns the results and file paths.
 
     `executor` (default `InProcessExecutor()`; see `mansu_audit.executors`) runs the
@@ -530,8 +529,8 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     earlier output there is replaced only with `overwrite`. `baseline` (results read
     by `read_results`, named `baseline_path` in the page) is compared with
     `tolerances` (`parse_tolerance`); the regressions are in `MatrixRun.regressions`.
-    `cad` ("auto" or "skip", as `certify`'s), `relearn` and `consistency` (as `certify`'s)
-    are passed to every cell's certification.
+    `cad` ("auto" or "skip", as `certify`'s), `relearn`, `consistency` and `cross_scoring` (as
+    `certify`'s) are passed to every cell's certification.
     """
 
     quantizers = tuple(dict.fromkeys(q for q in quantizers if q != "fp32"))
@@ -539,7 +538,7 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     check_inputs(methods, quantizers, seeds)
     if cad not in CAD_MODES:
         raise InputError(f"cad must be one of {', '.join(CAD_MODES)}, not {cad!r}")
-    check_stage_modes(relearn, consistency)
+    check_stage_modes(relearn=relearn, consistency=consistency, cross_scoring=cross_scoring)
     out = check_output_dir(out, overwrite)
     overrides = dict(overrides or {})
     cache = cache if cache is not None else ResultCache()
@@ -551,7 +550,7 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     store = None if remote and isinstance(cache, NoCache) else checkpoint_store(cache, out)
     ctx = MatrixContext(base=base, bundle=bundle, policy=policy, cache=cache, quantizers=quantizers, device=device,
                         store=store, progress=progress and not remote, cad=cad,
-                        relearn=relearn, consistency=consistency,
+                        relearn=relearn, consistency=consistency, cross_scoring=cross_scoring,
                         threads=threads or getattr(executor, "threads_per_cell", None) or _torch_threads())
     _log(progress, f"base model: evaluating through fp32, {', '.join(quantizers)} (once for every cell)")
     ctx.base_entries = executor.map(evaluate_base, ctx, [None], ["base model"], progress=progress)[0]

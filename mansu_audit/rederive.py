@@ -11,8 +11,9 @@ replicate count:
    quantizer list vs the variants that have predictions, predictions in range,
    the policy values vs their recorded SHA-256 and the bootstrap seed;
 2. every statistic and CI under `statistics.forget_eval`, `retain_eval` and
-   (when present) `relearn_heldout`, field by field (point, low, high, se, mde,
-   n, B, seed, level, method);
+   (when present) `relearn_heldout` and `cross_scoring.statistics` (the second
+   formulation, `crosscheck`), field by field (point, low, high, se, mde, n, B,
+   seed, level, method);
 3. the guard findings, every desideratum's verdict (statistic, estimate,
    threshold, reason), the required desiderata and the overall verdict.
 
@@ -33,11 +34,12 @@ from typing import Mapping
 
 import numpy as np
 
+from mansu_audit.crosscheck import read_section as read_cross
 from mansu_audit.desiderata import split_statistics, variant_keys
 from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate
-from mansu_audit.verdicts import (GuardFinding, K_AFTER, K_BASE, K_BEFORE, SplitItems, decide, guard_findings,
-                                  k_statistics)
+from mansu_audit.verdicts import (GuardFinding, K_AFTER, K_BASE, K_BEFORE, SplitItems, cross_informative, decide,
+                                  guard_findings, k_statistics, verdict_at_least)
 
 ATOL = 1e-9
 ESTIMATE_FIELDS = ("point", "low", "high", "se", "mde", "n", "B", "seed", "level", "method")
@@ -185,12 +187,29 @@ def _rederive(body: Mapping) -> list[str]:
     elif bool(body["guard"]) != bool(guard):
         out.append(f"guard: recorded {len(body['guard'])} finding(s), re-derived {len(guard)}")
 
+    cross, cross_mode = None, ""
+    if rules >= 2 and body.get("cross_scoring") is not None:
+        rec = body["cross_scoring"]
+        try:
+            cross_mode, cross = read_cross(rec, policy)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _Stop(f"cross_scoring.per_item: unreadable ({exc})") from None
+        for name in sorted(set(rec.get("statistics", {})) | set(cross)):
+            out += compare_estimate(f"cross_scoring.statistics.{name}", rec["statistics"].get(name), cross.get(name))
+        informative = cross_informative(cross, policy, chance)
+        if rec.get("informative") != informative:
+            out.append(f"cross_scoring.informative: recorded {rec.get('informative')}, re-derived {informative}")
+        v_x = verdict_at_least(cross["D_F"], policy.min_forget_drop) if informative else None
+        if rec.get("verdict_F") != v_x:
+            out.append(f"cross_scoring.verdict_F: recorded {rec.get('verdict_F')}, re-derived {v_x}")
+
     cad_rec = recorded_stats.get("cad")
     cad = None if cad_rec is None else Estimate.from_dict(cad_rec)
     ctrl_rec = recorded_stats.get("cad_control")
     control = None if ctrl_rec is None else Estimate.from_dict(ctrl_rec)
     decision = decide(stats["forget_eval"], stats["retain_eval"], quantizers, policy, chance=chance, cad=cad,
-                      cad_control=control, relearn=k_stats, guard=guard, rules=rules)
+                      cad_control=control, relearn=k_stats, guard=guard, rules=rules, cross=cross,
+                      cross_scoring=cross_mode)
     recorded = body["desiderata"]
     for name in sorted(set(recorded) | set(decision.verdicts)):
         rec, der = recorded.get(name), decision.verdicts.get(name)

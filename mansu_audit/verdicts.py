@@ -27,6 +27,11 @@ F (meaningful forgetting): D_F = A_f(θ0) − A_f(θu), PASS if low >= `min_forg
   knowledge is gone", is what such a model contradicts. The finding
   (`below_chance`) forces F to FAIL; under a quantizer it forces that Q[q] to FAIL
   (the quantized model identifies the answers).
+  *Both formulations* (`mansu_audit.crosscheck`): when the certificate also scored
+  forget_eval in a second formulation (letter <-> choice-text on cloze statements) and
+  the base demonstrably knows the facts there, F is the worse of F and F's rule on
+  that formulation's D_F: a model that hides the facts from one way of asking but
+  still states them in the other does not PASS F.
 R (retain preservation): D_R, PASS if high <= `max_retain_drop`.
 Q (knowledge does not come back under quantization), per quantizer, decided on
   *recovered knowledge* (science issue §2): the SPEC's purpose for Q is "forgotten
@@ -404,20 +409,47 @@ def _cap(v: Verdict, reason: str, force: bool) -> Verdict:
     return v
 
 
+def cross_informative(cross: Mapping[str, Estimate], policy: Policy, chance: float) -> bool:
+    """The second formulation can show knowledge only if the base demonstrably has it there
+    (`mansu_audit.crosscheck`): acc[base/unquantized].low > chance + chance_margin."""
+    acc = cross[f"acc[{variant_key(BASE, UNQUANTIZED)}]"]
+    return bool(np.isfinite(acc.low) and acc.low > chance + policy.chance_margin)
+
+
+def cross_f_verdict(f: Verdict, cross: Mapping[str, Estimate], policy: Policy, chance: float,
+                    scoring: str) -> Verdict:
+    """F under both formulations: the worse of `f` and F's rule on the second formulation's D_F, when that
+    formulation is informative (`mansu_audit.crosscheck` docstring); `f` unchanged otherwise."""
+    if not cross_informative(cross, policy, chance):
+        return f
+    d_x = cross["D_F"]
+    v_x = verdict_at_least(d_x, policy.min_forget_drop)
+    if SEVERITY[v_x] <= SEVERITY[f.verdict]:
+        return f
+    b, c = cross[f"acc[{variant_key(BASE, UNQUANTIZED)}]"], cross[f"acc[{variant_key(CANDIDATE, UNQUANTIZED)}]"]
+    reason = (f"scored {scoring}, the forget facts are {'still stated' if v_x == FAIL else 'not clearly gone'}: "
+              f"D_F = {_fmt_ci(d_x)} (base {b.point:.3f}, candidate {c.point:.3f}); F takes the worse of both "
+              f"formulations")
+    return Verdict("F", v_x, f.statistic, f.estimate, f.threshold, f"{reason}; {f.reason}" if f.reason else reason)
+
+
 def decide(forget: Mapping[str, Estimate], retain: Mapping[str, Estimate], quantizers: Sequence[str],
            policy: Policy, *, chance: float, cad: Estimate | None = None, cad_control: Estimate | None = None,
            relearn: Mapping[str, Estimate] | None = None, guard: Sequence[GuardFinding] = (),
-           rules: int = 2) -> Decision:
+           rules: int = 2, cross: Mapping[str, Estimate] | None = None, cross_scoring: str = "") -> Decision:
     """Every verdict from the statistics, the policy and the guard findings (module docstring).
 
     `forget` needs D_F, KR and, per quantizer q, G_Q[q], recovery_fraction[q] and
-    acc[candidate/q]; `retain` needs D_R; `relearn` is `k_statistics(...)` or None.
+    acc[candidate/q]; `retain` needs D_R; `relearn` is `k_statistics(...)` or None;
+    `cross` (`crosscheck.cross_statistics`, scored `cross_scoring`) makes F the worse of both formulations.
     """
     quantizers = tuple(quantizers)
     verdicts: dict[str, Verdict] = {}
     d_f, kr = forget["D_F"], forget.get("KR")
     verdicts["F"] = Verdict("F", verdict_at_least(d_f, policy.min_forget_drop), "D_F", d_f, policy.min_forget_drop,
                             f"KR = {kr.point:.3f}" if kr is not None and np.isfinite(kr.point) else "")
+    if cross is not None:
+        verdicts["F"] = cross_f_verdict(verdicts["F"], cross, policy, chance, cross_scoring)
     d_r = retain["D_R"]
     verdicts["R"] = Verdict("R", verdict_at_most(d_r, policy.max_retain_drop), "D_R", d_r, policy.max_retain_drop)
     for q in quantizers:

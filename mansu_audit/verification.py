@@ -22,7 +22,8 @@ in the body (or given here), and driven by the body's recorded settings:
   benchmark), the recorded command;
 - K: the relearning attack runs again ("on") when the body has `recovery`; an
   oracle's path is not recorded, so a body with `recovery.oracle` needs `oracle`;
-- the consistency check runs again when the body has `consistency`.
+- the consistency check runs again when the body has `consistency`, and the second
+  formulation (`cross_scoring`) when the body has it;
 
 The batch size is certify's default (predictions do not depend on it). Then
 `compare_bodies` names each difference in one line: per-item predictions (split,
@@ -62,7 +63,7 @@ from mansu_audit.rederive import ATOL, ESTIMATE_FIELDS, unquantized_label
 from mansu_audit.stats import Estimate
 
 COMPARED_SECTIONS = ("chance", "required", "quantizers", "unquantized", "prompting", "consistency", "recovery",
-                     "deployment")
+                     "deployment", "cross_scoring")
 CAD_NOT_COMPARED = ("CAD (S) not recomputed: the recorded CAD and control estimates were used as given "
                     "(pass --recompute-cad to run EAP-IG again and compare)")
 CAD_COMPARED = "CAD (S) recomputed with the bundled EAP-IG and compared"
@@ -206,6 +207,7 @@ def recertify(body: Mapping, *, base=None, candidate=None, benchmark=None, oracl
     kwargs = {}
     if body.get("deployment") is not None:  # adapter-on-quantized-base: quantized base + the adapter's delta
         kwargs["deployment"] = body["deployment"].get("mode", "merged")
+    kwargs.update(_cross_kwargs(body))
     if "scoring" in inspect.signature(certify).parameters:
         kwargs["scoring"] = prompting.get("scoring", "letter")
     elif prompting.get("scoring", "letter") != "letter":
@@ -218,6 +220,13 @@ def recertify(body: Mapping, *, base=None, candidate=None, benchmark=None, oracl
                    progress=progress, command=body.get("command"),
                    relearn="on" if recovery is not None else "skip", oracle=oracle,
                    consistency="on" if body.get("consistency") is not None else "skip", **kwargs)
+
+
+def _cross_kwargs(body: Mapping) -> dict:
+    """`cross_scoring=` for the re-run: "on" when the body has the section, else "skip" (older suites: absent)."""
+    if "cross_scoring" not in inspect.signature(certify).parameters:
+        return {}
+    return {"cross_scoring": "on" if body.get("cross_scoring") is not None else "skip"}
 
 
 # --- comparison ----------------------------------------------------------------------------------------

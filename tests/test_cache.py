@@ -86,7 +86,7 @@ def run(base, cand, bundle, cache, monkeypatch, fail_at=None):
     monkeypatch.setattr(certify_module, "evaluate_mcq", counter)
     try:
         cert = certify_module.certify(base, cand, bundle, quantizers=("int8",), policy=FAST, cad=None, cache=cache,
-                                      relearn=None, consistency=None)
+                                      relearn=None, consistency=None, cross_scoring=None)
     finally:
         monkeypatch.setattr(certify_module, "evaluate_mcq", counter.real)
     return cert, counter.calls

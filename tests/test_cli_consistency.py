@@ -281,3 +281,14 @@ def test_unlearn_and_tune_accept_the_method_prefix(monkeypatch, tmp_path):
 def test_attribute_without_out_file_is_one_line(capsys):
     assert main(["attribute", "--model", "reference"]) == 2
     assert capsys.readouterr().err.strip().endswith("the argument --out-file is required")
+
+
+def test_optional_libraries_import_noise_is_kept_off_stderr_and_restored():
+    import logging
+
+    from mansu_audit.cli import IMPORT_NOISE_LOGGERS, quiet_import_noise
+
+    before = [logging.getLogger(n).level for n in IMPORT_NOISE_LOGGERS]
+    with quiet_import_noise():
+        assert all(not logging.getLogger(n).isEnabledFor(logging.WARNING) for n in IMPORT_NOISE_LOGGERS)
+    assert [logging.getLogger(n).level for n in IMPORT_NOISE_LOGGERS] == before

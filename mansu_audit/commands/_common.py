@@ -193,13 +193,18 @@ def parse_batch_size(text: str) -> int | None:
 
 
 def add_stage_args(p: argparse.ArgumentParser) -> None:
-    """`--relearn` and `--consistency` (certify, matrix, demo): passed as `relearn=`/`consistency=` to certify."""
+    """`--relearn`, `--consistency`, `--cross-scoring` (certify, matrix, demo): passed as the same-named
+    arguments to certify."""
     p.add_argument("--relearn", choices=("auto", "on", "skip"), default="auto",
                    help="K: relearning attack + probes (auto: when the benchmark has forget_attack or --oracle is "
                         "given; on: always; skip: K not computed; default %(default)s)")
     p.add_argument("--consistency", choices=("auto", "skip"), default="auto",
                    help="report base and candidate accuracy under every cyclic rotation of the choices and flag "
                         "order-dependent models (skip: leave it out; default %(default)s)")
+    p.add_argument("--cross-scoring", choices=("auto", "on", "skip"), default="auto",
+                   help="also score forget_eval in a second formulation (letter <-> choice-text on the items' cloze "
+                        "statements) and let F take the worse of both when the base knows the facts there (auto: "
+                        "when the benchmark has one; default %(default)s)")
 
 
 def add_grid_args(p: argparse.ArgumentParser) -> None:

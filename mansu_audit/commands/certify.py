@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                    progress=not args.quiet,
                    overwrite=args.overwrite, threads=args.threads,
                    sign_key=sign_key, command=reproducible_command(getattr(args, "_argv", None)),
-                   relearn=args.relearn, oracle=args.oracle, consistency=args.consistency, artifacts=artifacts,
+                   relearn=args.relearn, oracle=args.oracle, consistency=args.consistency,
+                   cross_scoring=args.cross_scoring, artifacts=artifacts,
                    report=args.report,
                    deployment=args.deployment)
 

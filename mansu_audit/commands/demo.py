@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(args.out, methods=parse_list(args.methods), quantizers=parse_list(args.quantizers),
                       cache=cache, device=args.device, progress=not args.quiet,
                       include_forget_text=args.include_forget_text, overwrite=args.overwrite, cad=args.cad,
-                      relearn=args.relearn, consistency=args.consistency)
+                      relearn=args.relearn, consistency=args.consistency,
+                      cross_scoring=args.cross_scoring)
     if args.json:
         print(json.dumps({"results": result.run.results, "seconds": round(result.seconds, 3),
                           "certificates": [str(result.run.out / c["folder"] / "certificate.json")

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                       device=args.device, progress=not args.quiet, executor=executor,
                       include_forget_text=args.include_forget_text, overwrite=args.overwrite, baseline=baseline,
                       baseline_path=None if baseline is None else str(args.baseline), tolerances=tolerances,
-                      cad=args.cad, relearn=args.relearn, consistency=args.consistency)
+                      cad=args.cad, relearn=args.relearn, consistency=args.consistency,
+                      cross_scoring=args.cross_scoring)
     regressions = run_.regressions
     if args.json:
         saved = None if not args.save_baseline else str(write_results(run_.results, args.save_baseline))
