@@ -13,6 +13,7 @@ import numpy as np
 
 from mansu_audit.batching import AutoBatch
 from mansu_audit.data import MCQ_SPLITS, Bundle, load_bundle
+from mansu_audit.errors import InputError
 from mansu_audit.evaluate import MCQResult
 from mansu_audit.loading import LoadedModel, load_model
 from mansu_audit.prompts import chat_mode_for, chat_prompt_fn, chat_template_record
@@ -47,10 +48,12 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)  # how the model was loaded (device, dtype, adapter, GGUF)
     dtype: str = ""  # the weights' dtype as evaluated
     batch_size: int = 0  # the evaluation batch size used (after any out-of-memory back-off)
+    limit: int | None = None  # only the first `limit` items of each split were evaluated
 
     def to_dict(self) -> dict:
         return {"model": self.model, "benchmark": self.benchmark, "chance": self.chance,
                 "prompting": self.prompting, "notes": self.notes, "dtype": self.dtype, "batch_size": self.batch_size,
+                **({"limit": self.limit} if self.limit is not None else {}),
                 "results": {q: {s: sc.to_dict() for s, sc in splits.items()} for q, splits in self.scores.items()}}
 
 
@@ -64,18 +67,22 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
              B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int | None = None,
              chat_template: str = "auto", truncate: str | None = None, progress: bool = False,
              threads: int | None = None, scoring: str | None = None, device: str = "auto",
-             dtype: str | None = "auto", allow_pickle: bool = False) -> Evaluation:
+             dtype: str | None = "auto", allow_pickle: bool = False, limit: int | None = None) -> Evaluation:
     """Evaluate a model (and its quantized versions) on every MCQ split of a benchmark.
 
     Defaults are the CLI's (device and dtype "auto", automatic batch size), so the two
-    share cache entries. `batch_size=None` chooses it automatically (halving on out-of-memory);
+    give the same numbers. `batch_size=None` chooses it automatically (halving on out-of-memory);
     `chat_template` (auto|on|off) wraps prompts in the tokenizer's chat template;
     `truncate="left"` cuts prompts longer than the model's context (counted per split as
     `truncated`) instead of refusing them. `scoring` (letter | choice-text |
     choice-text-norm; None: the benchmark's default) is how items are scored
     (`mansu_audit.prompts`), recorded in `prompting`. `threads`: torch CPU threads while it runs
     (None: $MANSU_THREADS, else the detected default; `mansu_audit.threads`), restored after.
+    `limit`: evaluate only the first `limit` items of each split (lm-eval's `--limit`; for quick
+    looks, recorded in the result).
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer or None, not {limit!r}")
     bundle = as_bundle(benchmark)  # cheap checks first
     scoring = bundle.check_scoring(scoring)
     loaded = load_model(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
@@ -86,7 +93,8 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     chance = float(np.mean([1.0 / len(it.choices) for it in bundle.split(names[0])]))
     out = Evaluation(loaded.name, bundle.name, chance=chance,
                      prompting={**chat_template_record(loaded.tokenizer, chat_template),
-                                **({"truncate": truncate} if truncate else {}), "scoring": scoring}, notes=list(loaded.notes))
+                                **({"truncate": truncate} if truncate else {}), "scoring": scoring}, notes=list(loaded.notes),
+                     limit=limit)
     variants = [(UNQUANTIZED, loaded.model)]
     for qname in dict.fromkeys(q for q in quantizers if q not in UNQUANTIZED_ALIASES):
         variants.append((qname, quantize_model(loaded.model, qname, tokenizer=loaded.tokenizer,
@@ -94,7 +102,7 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     for qname, m in variants:
         out.scores[qname] = {}
         for split in names:
-            res = batcher.evaluate(m, loaded.tokenizer, bundle.split(split), split=split, prompt_fn=prompt_fn,
+            res = batcher.evaluate(m, loaded.tokenizer, bundle.split(split)[:limit], split=split, prompt_fn=prompt_fn,
                                    subject_line=bundle.subject_line, progress=progress, truncate=truncate,
                                    scoring=scoring)
             out.scores[qname][split] = SplitScore(res, accuracy_ci(res.correct.astype(np.float64), B=B, seed=seed))

@@ -4,7 +4,7 @@ Contract
 - `check_output_dir(out, overwrite)` runs before any model loads: `out` must not be
   (or lie under) a regular file; an existing non-empty `out` is refused unless
   `overwrite`, and even then only if it holds a previous mansu-audit output (a
-  `certificate.json` or `matrix.json`) and is not the working directory or an
+  `certificate.json`, `matrix.json` or `evaluation.json`) and is not the working directory or an
   ancestor of it; the nearest existing ancestor must accept a new folder (probed by
   creating and removing one, since permission bits say nothing for root). It creates
   nothing that outlives the call.
@@ -31,7 +31,7 @@ from typing import Iterator, Mapping
 
 from mansu_audit.errors import InputError
 
-OUTPUT_MARKERS = ("certificate.json", "matrix.json")
+OUTPUT_MARKERS = ("certificate.json", "matrix.json", "evaluation.json")
 
 
 def _nearest_existing(path: Path) -> Path:

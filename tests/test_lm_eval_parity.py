@@ -100,3 +100,31 @@ def test_choice_text_scoring_equals_lm_eval_acc_and_acc_norm(tmp_path, bundle, r
     np.testing.assert_array_equal(norm.correct.astype(float), acc_norm)
     if model_name == "reference":  # the cloze formulation reaches the facts the letter one only memorised
         assert plain.accuracy > 0.8
+
+
+def test_evaluate_out_writes_lm_eval_shaped_results_and_samples(tmp_path, bundle, reference):
+    """`evaluate --out DIR --log-samples`: results.json's "acc,none" / "acc_stderr,none" and each samples line
+    equal lm-eval's own for the same items (here the first 64 of forget_eval, `--limit 64`)."""
+    from lm_eval.api.metrics import mean_stderr
+
+    from mansu_audit.cli import main
+
+    items = bundle.split("forget_eval")[:64]
+    samples: list = []
+    _, lls, acc = run_lm_eval(reference.model, reference.tokenizer, items, tmp_path, samples_out=samples)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", "reference", "--limit", "64", "--output-path", str(out), "--log-samples",
+                 "--quiet", "--chat-template", "off"]) == 0
+    ours = json.loads((out / "results.json").read_text())
+    assert ours["results"]["forget_eval"]["acc,none"] == pytest.approx(acc)
+    assert ours["results"]["forget_eval"]["acc_stderr,none"] == pytest.approx(
+        mean_stderr([s["acc"] for s in samples]))
+    assert ours["n-samples"]["forget_eval"] == {"original": len(bundle.split("forget_eval")), "effective": 64}
+    lines = [json.loads(x) for x in (out / "samples_forget_eval.jsonl").read_text().splitlines()]
+    assert len(lines) == 64
+    for mine, theirs in zip(lines, samples):
+        assert mine["acc"] == theirs["acc"] and mine["target"] == theirs["target"]
+        assert [a[0] for a in mine["arguments"]] == [a[0] for a in theirs["arguments"]]
+        np.testing.assert_allclose([r[0] for r in mine["filtered_resps"]],
+                                   [r[0] for r in theirs["filtered_resps"]], atol=2e-4)
+    assert main(["evaluate", "--model", "reference", "--log-samples"]) == 2  # needs --out
