@@ -47,6 +47,7 @@ from mansu_audit.prompts import CHAT_MODES, chat_mode_for, chat_prompt_fn, chat_
 from mansu_audit.quantizers import available_quantizers, get_quantizer, quantize_model
 from mansu_audit.quantizers.gguf import artifact_record, load_artifact
 from mansu_audit.loading.bnb import bnb_artifact_record, is_bnb_folder, load_bnb_artifact
+from mansu_audit.loading.gptq_artifact import gptq_artifact_record, is_gptq_folder, load_gptq_artifact
 from mansu_audit.loading.lora import AdapterDelta, is_adapter, read_adapter_delta
 from mansu_audit.recovery import run_stage as run_recovery
 from mansu_audit.stats import Estimate, mean_ci
@@ -87,10 +88,11 @@ def cad_code_sha256() -> str:
 def evaluation_code_sha256() -> str:
     """Hash of the code whose change alters an evaluation result (cache 'code version'): the evaluator,
     prompts, batching, quantizers, and the two loaders that build an evaluated variant from a digest-keyed
-    input (the LoRA delta over a quantized base, bitsandbytes artifacts). Not the other loaders: a loaded
-    model enters the key by its content hash."""
+    input (the LoRA delta over a quantized base, bitsandbytes and GPTQ artifacts). Not the other loaders: a
+    loaded model enters the key by its content hash."""
     paths = [PACKAGE_DIR / "evaluate.py", PACKAGE_DIR / "prompts.py", PACKAGE_DIR / "batching.py",
-             PACKAGE_DIR / "loading" / "lora.py", PACKAGE_DIR / "loading" / "bnb.py"]
+             PACKAGE_DIR / "loading" / "lora.py", PACKAGE_DIR / "loading" / "bnb.py",
+             PACKAGE_DIR / "loading" / "gptq_artifact.py"]
     paths += sorted((PACKAGE_DIR / "quantizers").glob("*.py"))
     return files_sha256(p for p in paths if p.is_file())
 
@@ -164,18 +166,22 @@ def check_artifacts(artifacts: dict[str, str | Path], quantizers: Sequence[str])
             raise InputError(f"quantized artifact name '{name}': use letters, digits, '.', '_', '-'")
         if name in taken:
             raise InputError(f"quantized artifact name '{name}' is already a quantizer or variant name; pick another")
-        quantized_artifact_record(path)  # exists, is .gguf or a bitsandbytes folder, readable (one-line errors)
+        quantized_artifact_record(path)  # exists, is .gguf or a bitsandbytes/GPTQ folder, readable (one-line errors)
         out[name] = Path(path)
     return out
 
 
 def quantized_artifact_record(path: str | Path) -> dict:
-    """The certificate record of a quantized artifact: a bitsandbytes checkpoint folder or a GGUF file."""
+    """The certificate record of a quantized artifact: a GPTQ or bitsandbytes checkpoint folder, or a GGUF file."""
+    if is_gptq_folder(path):
+        return gptq_artifact_record(path)
     return bnb_artifact_record(path) if is_bnb_folder(path) else artifact_record(path)
 
 
 def load_quantized_artifact(path: str | Path, like) -> object:
     """The artifact's dequantized weights in a copy of `like` (`.model`, `.record`)."""
+    if is_gptq_folder(path):
+        return load_gptq_artifact(path, like)
     return load_bnb_artifact(path, like) if is_bnb_folder(path) else load_artifact(path, like)
 
 
@@ -528,7 +534,8 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     A bitsandbytes checkpoint folder of the candidate (config.json with a bitsandbytes
     `quantization_config`, 4-bit nf4/fp4 or 8-bit) is an artifact too: dequantized with
     bitsandbytes' own functions (`mansu_audit.loading.bnb`), the digest of its config and
-    weight files recorded.
+    weight files recorded; so is a GPTQ checkpoint folder (GPTQModel/AutoGPTQ/optimum
+    format, `mansu_audit.loading.gptq_artifact`: 2/4/8-bit, sym or not, desc_act, gptq v1/v2).
 
     `deployment` ("merged" | "adapter-on-quantized-base") is how a LoRA-adapter candidate
     is deployed quantized: "merged" quantizes the merged dense weights; with

@@ -172,13 +172,13 @@ def test_bnb_artifact_refusals(tmp_path, ref_tokenizer):
     root = save_tiny_pair(tmp_path, ref_tokenizer)
     with pytest.raises(InputError, match="needs a quantization_config"):
         check_artifacts({"x": root / "cand"}, ())
-    gptq = tmp_path / "gptq"
-    gptq.mkdir()
+    awq = tmp_path / "awq"  # GPTQ folders are supported (tests/test_gptq_artifact.py); AWQ is not
+    awq.mkdir()
     cfg = json.loads((root / "cand" / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
-    (gptq / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(InputError, match="method 'gptq' is not supported"):
-        check_artifacts({"x": gptq}, ())
+    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4}
+    (awq / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="method 'awq' is not supported"):
+        check_artifacts({"x": awq}, ())
 
 
 def test_flat_dequantization_below_one_block_per_row():

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH",
                    help="evaluate a quantized artifact of the candidate made elsewhere as its quantized variant "
                         "NAME (Q[NAME]; base unquantized beside it; its digest is recorded): a GGUF file (e.g. "
-                        "llama.cpp Q4_K_M) or a bitsandbytes 4-bit/8-bit checkpoint folder; repeatable")
+                        "llama.cpp Q4_K_M), a bitsandbytes 4-bit/8-bit or a GPTQ checkpoint folder; repeatable")
     p.add_argument("--deployment", choices=DEPLOYMENTS, default=MERGED,
                    help="how a LoRA-adapter candidate is served quantized: merged (quantize the merged weights) or "
                         "adapter-on-quantized-base (quantized base + the adapter in full precision, as QLoRA/PEFT "
@@ -108,7 +108,7 @@ def parse_artifacts(values: list[str]) -> dict[str, str]:
         name, eq, path = value.partition("=")
         if not eq or not name.strip() or not path.strip():
             raise InputError(f"--quantized-artifact '{value}': expected NAME=PATH (a .gguf file or a "
-                             f"bitsandbytes checkpoint folder)")
+                             f"bitsandbytes/GPTQ checkpoint folder)")
         if name.strip() in out:
             raise InputError(f"--quantized-artifact: the name '{name.strip()}' is given twice")
         out[name.strip()] = path.strip()

@@ -25,8 +25,8 @@ the `nf4`/`fp4` quantizers bit for bit at every shape.
 Every other stored tensor (embeddings, norms, the output layer: kept unquantized
 by bitsandbytes) is copied as stored. Each tensor must land on a parameter of the
 candidate of the same shape and every parameter must be given (tied ones aside),
-else one InputError line. Other `quant_method`s (gptq, awq, ...) are refused in
-one line naming the method. The certificate records the digest of the folder's
+else one InputError line. GPTQ folders are read by `loading.gptq_artifact`; other
+`quant_method`s (awq, ...) are refused in one line naming the method. The certificate records the digest of the folder's
 config and weight files, the method and bitsandbytes' version.
 """
 from __future__ import annotations
@@ -63,13 +63,13 @@ def bnb_quant_config(folder: Path) -> dict:
     method = str(quant.get("quant_method", "unknown"))
     if method != "bitsandbytes":
         raise InputError(f"pre-quantized artifact method '{method}' is not supported (bitsandbytes 4-bit and "
-                         f"8-bit are)", cfg_path)
+                         f"8-bit, and GPTQ, are)", cfg_path)
     if not (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
         raise InputError("bitsandbytes quantization_config sets neither load_in_4bit nor load_in_8bit", cfg_path)
     return quant
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
     index = folder / SAFE_INDEX
     if index.is_file():
         shards = read_json(index).get("weight_map", {})
@@ -79,19 +79,25 @@ def _weight_files(folder: Path) -> list[Path]:
     raise InputError(f"quantized artifact has no {SAFE_WEIGHTS} (safetensors only)", folder)
 
 
+def folder_digest(folder: Path) -> tuple[str, dict[str, str]]:
+    """(SHA-256 over the per-file digests, {file name: SHA-256}) of an artifact folder's config.json,
+    shard index and safetensors weight files; InputError for a missing shard."""
+    files = [folder / "config.json", *(([folder / SAFE_INDEX]) if (folder / SAFE_INDEX).is_file() else []),
+             *weight_files(folder)]
+    hashes = {p.name: sha256_file(p) for p in files if p.is_file()}
+    if len(hashes) != len(files):
+        missing = next(p for p in files if not p.is_file())
+        raise InputError("weight shard named by the index is missing", missing)
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(), hashes
+
+
 def bnb_artifact_record(folder: str | Path) -> dict:
     """What a certificate records about a bitsandbytes artifact folder: its files' digest, the method."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("quantized artifact folder not found", folder)
     quant = bnb_quant_config(folder)
-    files = [folder / "config.json", *(([folder / SAFE_INDEX]) if (folder / SAFE_INDEX).is_file() else []),
-             *_weight_files(folder)]
-    hashes = {p.name: sha256_file(p) for p in files if p.is_file()}
-    if len(hashes) != len(files):
-        missing = next(p for p in files if not p.is_file())
-        raise InputError("weight shard named by the index is missing", missing)
-    digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    digest, hashes = folder_digest(folder)
     four = bool(quant.get("load_in_4bit"))
     return {"kind": "artifact", "format": "bitsandbytes", "artifact": folder.name, "sha256": digest,
             "files": hashes, "method": str(quant.get("bnb_4bit_quant_type", "nf4")) if four else "int8",
@@ -110,7 +116,7 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     tensors: dict[str, torch.Tensor] = {}
-    for path in _weight_files(folder):
+    for path in weight_files(folder):
         try:
             tensors.update(load_file(str(path)))
         except Exception as exc:

@@ -7,8 +7,9 @@ checkpoint one `InputError` line instead, reading only the safetensors headers
 
 1. `read_config`: config.json is UTF-8 JSON holding an object; it asks for no
    remote code (`auto_map`) and carries no `quantization_config` (the suite
-   quantizes the unquantized weights itself; a bitsandbytes checkpoint of the
-   candidate is read as a quantized variant by `loading.bnb`, `--quantized-artifact`).
+   quantizes the unquantized weights itself; a bitsandbytes or GPTQ checkpoint of the
+   candidate is read as a quantized variant by `loading.bnb` / `loading.gptq_artifact`,
+   `--quantized-artifact`).
 2. `safetensors_header`: name -> (shape, dtype, file) of every stored tensor
    (`model.safetensors`, or the shards named by `model.safetensors.index.json`).
 3. `preflight`: the parameter count the config declares (for more than 64
@@ -79,8 +80,8 @@ def read_config(path: Path) -> dict:
     if quant:
         method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
         raise InputError(f"checkpoint is pre-quantized (quantization_config: {method}); give the unquantized "
-                         "weights as the model (a bitsandbytes checkpoint of the candidate is evaluated as its "
-                         "quantized variant with --quantized-artifact NAME=FOLDER)", path)
+                         "weights as the model (a bitsandbytes or GPTQ checkpoint of the candidate is evaluated as "
+                         "its quantized variant with --quantized-artifact NAME=FOLDER)", path)
     return config
 
 
