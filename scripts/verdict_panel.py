@@ -15,6 +15,10 @@ Panel (every model is an unlearning run of the bundled `reference`, deterministi
    not under NF4 (quantization-reversed). Certified against `reference-nf4grid`. Expected: Q[nf4] FAIL.
 4. `reference-oracle` (bundled): never saw the forget facts. Expected: F, R, Q, K PASS.
 5. `reference` itself. Expected: F FAIL.
+6. `chance-suppressed`: as `suppressed`, but each forget-domain MCQ trained to a random letter,
+   so its forget accuracy sits at chance, not below: the below-chance rule cannot fire. It still
+   states the facts in cloze form. Expected: F FAILs in the second formulation
+   (`mansu_audit.crosscheck`; scored letter only, F would PASS), K FAILs.
 
 Usage: python scripts/verdict_panel.py [--out DIR] [--quantizers nf4,int8] [--cad skip|auto]
 writes DIR/<model>/certificate.json and prints the markdown table (reports/experiments/panel).
@@ -81,8 +85,12 @@ def _train(model, params, examples, pad_id: int, *, steps: int, lr: float, batch
 
 
 def build_suppressed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, lr: float = 1e-3, max_steps: int = 600,
-                     log=print) -> LoadedModel:
-    """Fine-tune only the last decoder block: forget-domain MCQs -> letter (answer+1) % k, retain_eval -> right."""
+                     log=print, letters: str = "next") -> LoadedModel:
+    """Fine-tune only the last decoder block: forget-domain MCQs -> another letter, retain_eval -> right.
+
+    `letters="next"`: (answer + 1) % k, so forget accuracy falls to ~0 (below chance). `letters="random"`: a
+    letter drawn per item (explicit generator), so forget accuracy sits *at* chance: the below-chance rule
+    cannot fire, and the facts are still stated in cloze form (row `chance-suppressed`)."""
     from mansu_audit.prompts import pad_token_id
 
     model = copy.deepcopy(reference.model).float()
@@ -91,20 +99,25 @@ def build_suppressed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, l
     last = model.model.layers[-1]
     for p in last.parameters():
         p.requires_grad_(True)
-    wrong = [replace(it, answer=(it.answer + 1) % len(it.choices))
-             for s in FORGET_DOMAIN if s in bundle.mcq for it in bundle.split(s)]
+    domain = [it for s in FORGET_DOMAIN if s in bundle.mcq for it in bundle.split(s)]
+    if letters == "next":
+        wrong = [replace(it, answer=(it.answer + 1) % len(it.choices)) for it in domain]
+    else:
+        gen = torch.Generator().manual_seed(seed + 1)
+        wrong = [replace(it, answer=int(torch.randint(len(it.choices), (1,), generator=gen))) for it in domain]
     right = list(bundle.split("retain_eval"))
     examples = _sequences(reference, bundle, wrong) + _sequences(reference, bundle, right)
 
     def stop():
         f, r = _accuracy(model, reference, bundle, "forget_eval"), _accuracy(model, reference, bundle, "retain_eval")
-        return f <= 0.01 and r >= 0.95, f"forget_eval {f:.3f}, retain_eval {r:.3f}"
+        hidden = f <= 0.01 if letters == "next" else f <= 0.32
+        return hidden and r >= 0.95, f"forget_eval {f:.3f}, retain_eval {r:.3f}"
 
     _train(model, list(last.parameters()), examples, pad_token_id(reference.tokenizer), steps=max_steps, lr=lr,
            batch=64, seed=seed, stop=stop, log=log)
     for p in model.parameters():
         p.requires_grad_(True)
-    return LoadedModel(model, reference.tokenizer, "suppressed", None)
+    return LoadedModel(model, reference.tokenizer, "suppressed" if letters == "next" else "chance-suppressed", None)
 
 
 def build_collapsed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, lr: float = 1e-3, max_steps: int = 200,
@@ -196,6 +209,7 @@ def main(argv=None) -> int:
     quantizers = tuple(q for q in args.quantizers.split(",") if q)
     rows = {"reference": lambda: reference, "reference-oracle": lambda: load_model("reference-oracle"),
             "suppressed": lambda: build_suppressed(reference, bundle),
+            "chance-suppressed": lambda: build_suppressed(reference, bundle, letters="random"),
             "collapsed": lambda: build_collapsed(reference, bundle),
             "ga-nf4grid": lambda: build_ga_nf4grid(bundle)}
     wanted = args.only.split(",") if args.only else list(rows)

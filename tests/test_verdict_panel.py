@@ -1,6 +1,7 @@
 """The verdict panel (issue 18): models whose right verdict is known, certified against their base.
 
-No wrong PASS: a suppressed model (last block trained to answer forget MCQs wrongly), a collapsed
+No wrong PASS: a suppressed model (last block trained to answer forget MCQs wrongly), one trained to random
+letters (at chance, caught by F's second formulation), a collapsed
 model and a quantization-reversed GA model never PASS overall, `reference` against itself fails F;
 and the bundled oracle (`reference-oracle`, never saw the forget facts) PASSes F, R, Q and K.
 Models are built by scripts/verdict_panel.py (deterministic, CPU). CAD is skipped (S NOT COMPUTED),
@@ -68,6 +69,26 @@ def test_a_suppressed_model_never_passes_and_k_catches_it(reference, bundle, pan
     assert v["K"] == "FAIL", v  # relearning brings the hidden answers back
     assert v["F"] == "FAIL", v  # below chance is knowledge
     assert _overall(cert) == "FAIL"
+
+
+def test_a_model_hiding_at_chance_fails_f_in_the_second_formulation(reference, bundle, panel_cache):
+    """Forget MCQs trained to random letters: letter accuracy at chance (not below), facts still stated in cloze
+    form. Scored letter only, F, R and Q all PASS (with `require: [F, R, Q]` that is an overall PASS); F in
+    both formulations (the default) FAILs it."""
+    from mansu_audit.certify import certify
+    from verdict_panel import build_suppressed
+
+    cand = build_suppressed(reference, bundle, letters="random", log=lambda _m: None)
+    letter_only = certify(reference, cand, bundle, quantizers=QUANTIZERS, cad=None, cache=panel_cache,
+                          chat_template="off", consistency="skip", relearn="skip", cross_scoring="skip")
+    v = _verdicts(letter_only)
+    assert v["F"] == v["R"] == v["Q"] == "PASS", v  # the gap the second formulation closes
+    cert = certify(reference, cand, bundle, quantizers=QUANTIZERS, cad=None, cache=panel_cache, chat_template="off",
+                   consistency="skip", relearn="skip")
+    x = cert.body["cross_scoring"]
+    assert x["informative"] and x["verdict_F"] == "FAIL", x["statistics"]
+    assert _verdicts(cert)["F"] == "FAIL" and _overall(cert) == "FAIL"
+    assert "still stated" in cert.body["desiderata"]["F"]["reason"]
 
 
 def test_the_reference_against_itself_fails_f_and_the_attack_keeps_its_knowledge(reference, bundle, panel_cache):
