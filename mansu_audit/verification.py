@@ -11,8 +11,9 @@ run again through `certify.certify`, the same pipeline that made certificates,
 with NOTHING reused from any cache (`NoCache`), on the models and data recorded
 in the body (or given here), and driven by the body's recorded settings:
 
-- quantizers (the keys of `body.quantizers`; GGUF artifact variants need their
-  file, `artifacts={name: path}`, since only the file name is recorded);
+- quantizers (the keys of `body.quantizers`; artifact variants (GGUF file, bitsandbytes or
+  GPTQ folder) need their path, `artifacts={name: path}`, since only its name and digest are
+  recorded);
 - policy (`body.policy.values`: thresholds, bootstrap size, seed, level, K attack
   budget); a `policy` file given here is only checked against it, not used;
 - device (the models' recorded "device ..." loading note; `device` overrides it)
@@ -171,8 +172,8 @@ def _artifacts(body: Mapping, given: Mapping[str, str | Path] | None) -> dict[st
     for name in wanted:
         if name not in given:
             file = body["quantizers"][name]["settings"].get("artifact")
-            raise InputError(f"recompute: variant '{name}' is a GGUF artifact ('{file}'); its path is not recorded: "
-                             f"pass --quantized-artifact {name}=PATH.gguf")
+            raise InputError(f"recompute: variant '{name}' is a quantized artifact ('{file}'); its path is not "
+                             f"recorded: pass --quantized-artifact {name}=PATH (the GGUF file or checkpoint folder)")
     return {name: str(given[name]) for name in wanted}
 
 
