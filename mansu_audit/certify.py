@@ -33,7 +33,8 @@ from mansu_audit.certificate import CERTIFICATE_FILE, Certificate, RESULTS_FILE,
 from mansu_audit.circuits import compute_cad
 from mansu_audit.compat import check_compatible
 from mansu_audit.consistency import run_stage as run_consistency_check
-from mansu_audit.crosscheck import SPLIT as CROSS_SPLIT, cross_scoring_for, cross_statistics, section as cross_section
+from mansu_audit.crosscheck import SPLIT as CROSS_SPLIT, cross_scoring_for, cross_statistics
+from mansu_audit.crosscheck import not_run as cross_not_run, section as cross_section
 from mansu_audit.data import Bundle, load_bundle
 from mansu_audit.desiderata import (BASE, CANDIDATE, UNQUANTIZED, Assessment, assess, cad_control_from_details,
                                      per_item_record, unquantized_record, variant_key)
@@ -52,7 +53,7 @@ from mansu_audit.loading.lora import AdapterDelta, is_adapter, read_adapter_delt
 from mansu_audit.recovery import run_stage as run_recovery
 from mansu_audit.stats import Estimate, mean_ci
 from mansu_audit.threads import choose_threads, with_thread_policy
-from mansu_audit.verdicts import cross_informative, verdict_at_least
+from mansu_audit.verdicts import cross_informative, cross_verdict
 
 DEFAULT_QUANTIZERS = ("nf4", "gptq", "int8")
 EVAL_SPLITS = ("forget_eval", "retain_eval")
@@ -185,6 +186,14 @@ def load_quantized_artifact(path: str | Path, like) -> object:
     return load_bnb_artifact(path, like) if is_bnb_folder(path) else load_artifact(path, like)
 
 
+def batch_key(model, batch_size: int | None) -> dict:
+    """What an evaluation cache key adds for the batch size: nothing for float32 weights, else the size."""
+    import torch  # certify's other stages import it anyway; the module itself needs it only here
+
+    dtype = next(model.parameters()).dtype
+    return {} if dtype == torch.float32 else {"batch_size": batch_size}
+
+
 def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Sequence[str], cache: ResultCache, *,
                  batch_size: int | None = 64, chat_template: str = "off", progress: bool = False,
                  truncate: str | None = None, artifacts: dict[str, str | Path] | None = None,
@@ -198,10 +207,11 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     tokenizer's chat template, and is part of every cache key; `truncate="left"`
     cuts prompts longer than the context instead of refusing them (also keyed);
     `scoring` is the MCQ scoring mode (`prompts.SCORING_MODES`; keyed unless "letter").
-    The batch size is not keyed: it moves log-likelihoods in the last float bits only (measured on
-    `reference` and random tiny models at batch 1, 7, 64 and 420: at most 6e-6, no prediction changed in
-    1,680 item evaluations) and certificates use predictions, so runs at any batch size (and the
-    out-of-memory halving) share entries.
+    The batch size is not keyed for float32 models: it moves log-likelihoods in the last float bits only
+    (measured on the CPU on `reference` and random tiny models at batch 1, 7, 64 and 420: at most 6e-6, no
+    prediction changed in 1,680 item evaluations) and certificates use predictions, so runs at any batch size
+    share entries. In 16-bit dtypes (GPU) kernel tiling follows the batch shape and near-tie predictions can
+    flip, so there the requested batch size is keyed.
     `deployment="adapter-on-quantized-base"` (with `adapter`, the candidate's LoRA factors over the
     base): each quantized variant of the candidate is the base's quantized variant plus the adapter's
     delta kept in full precision (keyed; `merged` quantizes the candidate's merged weights).
@@ -226,7 +236,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
             started, timed = time.perf_counter(), variant_key(role, variant)
             inputs = {s: {
                 "model": hashes[role], "variant": variant, "split": s, "items": items[s], "code": code,
-                "calibration": None if variant == UNQUANTIZED else calibration,
+                "calibration": None if variant == UNQUANTIZED else calibration, **batch_key(model.model, batch_size),
                 "prompting": prompting[role], "subject_line": bundle.subject_line, "truncate": truncate,
                 **scoring_key(scoring), **runtime_record(model.model)}
                 for s in splits}
@@ -583,6 +593,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     check_quantizers(tuple(q for q in quantizers if q not in artifacts), bundle)  # calibration needs
     scoring = bundle.check_scoring(scoring)
     chat_template = chat_mode_for(chat_template, scoring)
+    cross_mode, cross_reason = resolve_cross_scoring(cross_scoring, scoring, bundle)  # before any model loads
     base_m = load_model(base, device=device, dtype=dtype, allow_pickle=allow_pickle)
     cand_m = load_model(candidate, device=device, dtype=dtype, allow_pickle=allow_pickle)
     check_compatible(base_m, cand_m)
@@ -591,11 +602,6 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     models = {BASE: base_m, CANDIDATE: cand_m}
     run_relearn = _stage_wanted("relearn", relearn, auto="forget_attack" in bundle.mcq or oracle is not None)
     run_consistency = _stage_wanted("consistency", consistency, auto=True)
-    cross_mode = cross_scoring_for(scoring, bundle)
-    if cross_scoring == "on" and cross_mode is None:
-        raise InputError(f"cross_scoring='on': the benchmark has no second formulation for {scoring} scoring "
-                         f"(letter needs a cloze statement on every {CROSS_SPLIT} item)", bundle.root)
-    cross_mode = cross_mode if _stage_wanted("cross_scoring", cross_scoring, auto=True) else None
     oracle_m = None
     if oracle is not None and run_relearn:
         oracle_m = load_model(oracle, device=device, dtype=dtype, allow_pickle=allow_pickle)
@@ -605,19 +611,21 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
                          progress=progress, truncate=truncate, artifacts=artifacts, scoring=scoring,
                          deployment=deployment, adapter=adapter)
     timings["evaluate"] = time.perf_counter() - started - sum(timings.values())
-    cross = None
+    cross, cross_record = None, cross_not_run(cross_scoring, cross_reason)
     if cross_mode is not None:
         _log(progress, f"forget_eval in a second formulation: {cross_mode} scoring")
-        cross_evals = evaluate_all(models, bundle, (), cache, batch_size=batch_size,
-                                   chat_template=chat_mode_for(chat_template, cross_mode), progress=progress,
-                                   truncate=truncate, scoring=cross_mode, splits=(CROSS_SPLIT,))
+        cross_chat = chat_mode_for(chat_template, cross_mode)
+        cross_evals = evaluate_all(models, bundle, (), cache, batch_size=batch_size, chat_template=cross_chat,
+                                   progress=progress, truncate=truncate, scoring=cross_mode, splits=(CROSS_SPLIT,))
         by_key = cross_evals.results[CROSS_SPLIT]
         first = by_key[variant_key(BASE, UNQUANTIZED)]
         predictions = {k: r.predictions for k, r in by_key.items()}
         cross = cross_statistics(first.answers, predictions, policy)
-        informative = cross_informative(cross, policy, first.chance)
-        cross_record = cross_section(cross_mode, first.ids, first.answers, predictions, cross, informative,
-                                     verdict_at_least(cross["D_F"], policy.min_forget_drop) if informative else None)
+        chance = evals.results[CROSS_SPLIT][variant_key(BASE, UNQUANTIZED)].chance  # the primary split's, as verify
+        cross_record = cross_section(cross_scoring, cross_mode, chat_template_record(cand_m.tokenizer, cross_chat),
+                                     first.ids, first.answers, predictions, cross,
+                                     cross_informative(cross, policy, chance),
+                                     cross_verdict(cross, policy, chance, cross_mode)[0])
         timings["cross_scoring"] = time.perf_counter() - started - sum(timings.values())
     cad_estimate, cad_details = resolve_cad(cad, base_m, cand_m, bundle, policy, cache, progress)
     timings["cad"] = time.perf_counter() - started - sum(timings.values())
@@ -657,8 +665,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
         body["recovery"] = recovery_stage.section
     if consistency_section is not None:
         body["consistency"] = consistency_section
-    if cross is not None:
-        body["cross_scoring"] = cross_record
+    body["cross_scoring"] = cross_record
     certificate = Certificate(body, now_utc())
     certificate.validate()
     if out is not None:
@@ -678,6 +685,20 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
 
             render_report(out)
     return certificate
+
+
+def resolve_cross_scoring(requested: str | None, scoring: str, bundle: Bundle) -> tuple[str | None, str]:
+    """(the second formulation to run or None, why not), from `cross_scoring=` (`mansu_audit.crosscheck`)."""
+    mode = cross_scoring_for(scoring, bundle)
+    if requested == "on" and mode is None:
+        raise InputError(f"cross_scoring='on': the benchmark has no second formulation for {scoring} scoring "
+                         f"(letter needs a cloze statement on every {CROSS_SPLIT} item)", bundle.root)
+    if not _stage_wanted("cross_scoring", requested, auto=True):
+        return None, "skipped (cross_scoring=skip)"
+    if mode is None:
+        return None, (f"no second formulation for {scoring} scoring (letter needs a cloze statement on every "
+                      f"{CROSS_SPLIT} item; a verbatim lm-eval context cannot be scored by letter)")
+    return mode, ""
 
 
 def _stage_wanted(name: str, value: str | None, auto: bool) -> bool:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import pkgutil
 import sys
 from contextlib import contextmanager, nullcontext
 
 from mansu_audit import commands
 from mansu_audit._version import __version__
-from mansu_audit.errors import InputError
+from mansu_audit.errors import InputError, quiet_import_noise
 from mansu_audit.threads import torch_threads
 
 
@@ -54,25 +53,6 @@ def plain_stderr():
     finally:
         if not was_disabled:
             hf_logging.enable_progress_bar()
-
-
-# Loggers of optional libraries that warn on import about things a CPU run cannot use: with torchao installed,
-# transformers imports it in every from_pretrained, which logs two CUDA extensions it cannot load and two torch
-# deprecations. A command's stderr is for its own messages (one line on bad input); raised to ERROR per command.
-IMPORT_NOISE_LOGGERS = ("torchao", "torch.utils._pytree")
-
-
-@contextmanager
-def quiet_import_noise():
-    loggers = [logging.getLogger(name) for name in IMPORT_NOISE_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:

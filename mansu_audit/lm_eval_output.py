@@ -41,10 +41,11 @@ def metric_name(evaluation) -> str:
     return "acc_norm" if evaluation.prompting.get("scoring") == "choice-text-norm" else "acc"
 
 
-def mean_stderr(correct: np.ndarray) -> float:
-    """lm-eval's `mean_stderr`: sample standard deviation (ddof=1) / sqrt(n); NaN below 2 items."""
+def mean_stderr(correct: np.ndarray) -> float | str:
+    """lm-eval's `mean_stderr`: sample standard deviation (ddof=1) / sqrt(n); "N/A" below 2 items, as lm-eval
+    writes it (strict JSON has no NaN)."""
     n = len(correct)
-    return float(np.std(np.asarray(correct, dtype=np.float64), ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return float(np.std(np.asarray(correct, dtype=np.float64), ddof=1) / math.sqrt(n)) if n > 1 else "N/A"
 
 
 def results_document(evaluation, bundle: Bundle) -> dict:

@@ -65,7 +65,9 @@ import numpy as np
 from mansu_audit.cache import FileLock, NoCache, ResultCache, cache_lock, files_sha256, sha256_json, state_dict_sha256
 from mansu_audit.certificate import RESULTS_FILE, body_schema_version, guard_messages, guard_records, unquantized_label
 from mansu_audit.certify import (BASE, CAD_MODES, certify, check_quantizers, check_stage_modes, evaluate_all,
-                                 model_content_sha256)
+                                 model_content_sha256, resolve_cross_scoring)
+from mansu_audit.crosscheck import BASE_KEY as CROSS_BASE, CAND_KEY as CROSS_CAND, read_section as read_cross
+from mansu_audit.crosscheck import statistics_from_correct
 from mansu_audit.data import BUNDLED_BENCHMARKS, Bundle, load_bundle
 from mansu_audit.desiderata import split_statistics, variant_keys
 from mansu_audit.details import BaseAttributions, compute_details, write_details
@@ -150,11 +152,13 @@ def _stored_or_trained(instance, seed, overrides, base, bundle, path: Path, devi
 CANDIDATE_FILE = "candidate.json"
 
 
-def candidate_record(method: str, base: LoadedModel, bundle: Bundle, checkpoint: Path, record: Mapping) -> dict:
+def candidate_record(method: str, base: LoadedModel, bundle: Bundle, checkpoint: Path, record: Mapping,
+                     threads: int | None = None) -> dict:
     """`candidate.json` beside each cell's certificate: where its unlearned checkpoint is stored (inside the
     result cache, so clearing the cache removes it) and the `mansu-audit unlearn` command that rebuilds it,
     with every setting spelled out (so a later change of a default cannot change the rebuild). The rebuilt
-    weights are checked by `mansu-audit verify CERT --candidate DIR` against the certificate's digests."""
+    weights are checked by `mansu-audit verify CERT --candidate DIR` against the certificate's digests. The
+    cell's torch thread count is part of the command: float reductions, and so the trained weights, depend on it."""
     try:
         base_spec = adapter_base_spec(base)
     except InputError:
@@ -163,7 +167,8 @@ def candidate_record(method: str, base: LoadedModel, bundle: Bundle, checkpoint:
     sets = [f"--set {shlex.quote(f'{k}={v}')}" for k, v in sorted((record.get("settings") or {}).items())]
     command = " ".join(["mansu-audit unlearn --method", shlex.quote(method), "--model", shlex.quote(base_spec),
                         "--benchmark", shlex.quote(bench), "--seed", str(record.get("seed")), *sets,
-                        "--device", shlex.quote(str(record.get("device", "cpu"))), "--out CANDIDATE_DIR"])
+                        "--device", shlex.quote(str(record.get("device", "cpu"))),
+                        *([f"--threads {int(threads)}"] if threads else []), "--out CANDIDATE_DIR"])
     return {"checkpoint": str(Path(checkpoint).resolve()), "rebuild": command,
             "verify": "mansu-audit verify certificate.json --candidate CANDIDATE_DIR",
             "unlearn": dict(record)}
@@ -215,7 +220,8 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
 
     Statistics come from the same code as a certificate's (`desiderata.split_statistics`,
     on seed-averaged candidate vectors) and verdicts from the same `verdicts.decide`,
-    with every seed's guard findings (structured records) applied.
+    with every seed's guard findings (structured records) applied, below chance re-checked on
+    the pooled interval, and F's second formulation pooled the same way (`_pooled_cross`).
     """
 
     first = bodies[0]
@@ -247,8 +253,9 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
         pooled = below_chance_findings(f_est, (UNQUANTIZED, *quantizers), policy, float(first["chance"]),
                                        scoring_of(first))
     guard += pooled
+    cross, cross_mode = _pooled_cross(bodies, policy)
     decision = decide(f_est, r_est, quantizers, policy, chance=float(first["chance"]), cad=cad, cad_control=control,
-                      guard=guard, rules=_rules(first))
+                      guard=guard, rules=_rules(first), cross=cross, cross_scoring=cross_mode)
     messages = [f"seed run {i + 1} of {len(bodies)}: {m}" for i, b in enumerate(bodies) for m in _messages(b)]
     messages += [f"pooled over {len(bodies)} seeds: {g.message}" for g in pooled]
     out_stats = {"D_F": f_est["D_F"], "D_R": r_est["D_R"], **{f"G_Q[{q}]": f_est[f"G_Q[{q}]"] for q in quantizers}}
@@ -259,6 +266,26 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
             "verdicts": {k: v.verdict for k, v in sorted(decision.verdicts.items())},
             "statistics": {k: _estimate(e.to_dict()) for k, e in out_stats.items()}, "guard": messages,
             "cert_rate": certification_rate(seed_verdicts, quantizers)}
+
+
+def _pooled_cross(bodies: Sequence[Mapping], policy: Policy) -> tuple[dict | None, str]:
+    """F's second formulation (`crosscheck`) pooled like the main splits: the base from the first seed, the
+    candidate's per-item correctness averaged over seeds. Seeds must agree on whether and how it ran."""
+    records = [b.get("cross_scoring") or {} for b in bodies]
+    modes = {r.get("scoring") for r in records}
+    if len(modes) > 1:
+        raise InputError(f"the seeds differ in F's second formulation ({sorted(map(str, modes))}); cannot pool them")
+    mode = modes.pop()
+    if mode is None:
+        return None, ""
+    ids, answers, predictions = read_cross(records[0])
+    candidate = []
+    for r in records:
+        r_ids, r_answers, r_predictions = read_cross(r)
+        if r_ids != ids or (r_answers != answers).any():
+            raise InputError("the seeds' second formulations cover different items; cannot pool them")
+        candidate.append(r_predictions[CROSS_CAND] == answers)
+    return statistics_from_correct(predictions[CROSS_BASE] == answers, np.mean(candidate, axis=0), policy), mode
 
 
 CERT_RATE_REQUIRES = ("F", "R")  # with Q[q]: what one seed must PASS to count as certified at quantizer q
@@ -493,7 +520,7 @@ def run_cell(ctx: MatrixContext, cell: tuple) -> dict:
                                       base_attributions=ctx.base_attributions(), progress=ctx.progress,
                                       circuits=ctx.cad != "skip", cad_details=cad_details)
             write_details(staging, details, run_record(record))
-            write_json(staging / CANDIDATE_FILE, candidate_record(method, base, ctx.bundle, ckpt, record))
+            write_json(staging / CANDIDATE_FILE, candidate_record(method, base, ctx.bundle, ckpt, record, ctx.threads))
             del candidate
         names = sorted((p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()),
                        key=lambda n: (n == "certificate.json", n))
@@ -547,6 +574,7 @@ def run_matrix(methods: Sequence[str], quantizers: Sequence[str], seeds: Sequenc
     if not remote and not isinstance(base, LoadedModel):
         base = load_model(base)  # fail early on a bad base; the cells share this one copy
     bundle = benchmark if isinstance(benchmark, Bundle) else load_bundle(benchmark)
+    resolve_cross_scoring(cross_scoring, bundle.check_scoring(None), bundle)  # "on" without one: before any cell
     store = None if remote and isinstance(cache, NoCache) else checkpoint_store(cache, out)
     ctx = MatrixContext(base=base, bundle=bundle, policy=policy, cache=cache, quantizers=quantizers, device=device,
                         store=store, progress=progress and not remote, cad=cad,

@@ -34,12 +34,13 @@ from typing import Mapping
 
 import numpy as np
 
-from mansu_audit.crosscheck import read_section as read_cross
+from mansu_audit.crosscheck import SINCE_VERSION as CROSS_SINCE, cross_statistics, read_section as read_cross
+from mansu_audit.crosscheck import version_tuple
 from mansu_audit.desiderata import split_statistics, variant_keys
 from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate
-from mansu_audit.verdicts import (GuardFinding, K_AFTER, K_BASE, K_BEFORE, SplitItems, cross_informative, decide,
-                                  guard_findings, k_statistics, verdict_at_least)
+from mansu_audit.verdicts import (GuardFinding, K_AFTER, K_BASE, K_BEFORE, SplitItems, cross_informative,
+                                  cross_verdict, decide, guard_findings, k_statistics)
 
 ATOL = 1e-9
 ESTIMATE_FIELDS = ("point", "low", "high", "se", "mde", "n", "B", "seed", "level", "method")
@@ -188,20 +189,9 @@ def _rederive(body: Mapping) -> list[str]:
         out.append(f"guard: recorded {len(body['guard'])} finding(s), re-derived {len(guard)}")
 
     cross, cross_mode = None, ""
-    if rules >= 2 and body.get("cross_scoring") is not None:
-        rec = body["cross_scoring"]
-        try:
-            cross_mode, cross = read_cross(rec, policy)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _Stop(f"cross_scoring.per_item: unreadable ({exc})") from None
-        for name in sorted(set(rec.get("statistics", {})) | set(cross)):
-            out += compare_estimate(f"cross_scoring.statistics.{name}", rec["statistics"].get(name), cross.get(name))
-        informative = cross_informative(cross, policy, chance)
-        if rec.get("informative") != informative:
-            out.append(f"cross_scoring.informative: recorded {rec.get('informative')}, re-derived {informative}")
-        v_x = verdict_at_least(cross["D_F"], policy.min_forget_drop) if informative else None
-        if rec.get("verdict_F") != v_x:
-            out.append(f"cross_scoring.verdict_F: recorded {rec.get('verdict_F')}, re-derived {v_x}")
+    if rules >= 2:
+        cross, cross_mode, found = _rederive_cross(body, policy, chance)
+        out += found
 
     cad_rec = recorded_stats.get("cad")
     cad = None if cad_rec is None else Estimate.from_dict(cad_rec)
@@ -232,6 +222,46 @@ def _rederive(body: Mapping) -> list[str]:
     if rules >= 2 and list(body.get("required", [])) != list(decision.required):
         out.append(f"required: recorded {body.get('required')}, re-derived {list(decision.required)}")
     return out
+
+
+def _rederive_cross(body: Mapping, policy: Policy, chance: float) -> tuple[dict | None, str, list[str]]:
+    """(statistics, mode, mismatches) of the body's second formulation (`crosscheck`), from its per-item vectors,
+    tied to per_item.forget_eval (same ids, answers and choice counts). A body of suite version >= 0.3.0 must
+    carry the section (so deleting it is caught); older bodies are re-derived without it."""
+    rec = body.get("cross_scoring")
+    if rec is None:
+        version = body.get("suite", {}).get("version", "")
+        if version_tuple(version) >= CROSS_SINCE:
+            return None, "", [f"cross_scoring: missing (every certificate of mansu-audit >= "
+                              f"{'.'.join(map(str, CROSS_SINCE))} records it; this one says {version})"]
+        return None, "", []
+    if rec.get("scoring") is None:
+        return None, "", []
+    try:
+        ids, answers, predictions = read_cross(rec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Stop(f"cross_scoring.per_item: unreadable ({exc})") from None
+    forget = body["per_item"]["forget_eval"]
+    if ids != list(forget["ids"]) or answers.tolist() != list(forget["answers"]):
+        raise _Stop("cross_scoring.per_item: ids or answers differ from per_item.forget_eval")
+    k = np.asarray(forget.get("num_choices", [4] * len(ids)), dtype=np.int64)
+    for key, p in predictions.items():
+        if len(p) != len(ids) or (p < 0).any() or (p >= k).any():
+            raise _Stop(f"cross_scoring.per_item.predictions.{key}: wrong length or a prediction outside its "
+                        f"item's choices")
+    mode = str(rec["scoring"])
+    cross = cross_statistics(answers, predictions, policy)
+    out = []
+    for name in sorted(set(rec.get("statistics", {})) | set(cross)):
+        out += compare_estimate(f"cross_scoring.statistics.{name}", rec.get("statistics", {}).get(name),
+                                cross.get(name))
+    informative = cross_informative(cross, policy, chance)
+    if rec.get("informative") != informative:
+        out.append(f"cross_scoring.informative: recorded {rec.get('informative')}, re-derived {informative}")
+    v_x = cross_verdict(cross, policy, chance, mode)[0]
+    if rec.get("verdict_F") != v_x:
+        out.append(f"cross_scoring.verdict_F: recorded {rec.get('verdict_F')}, re-derived {v_x}")
+    return cross, mode, out
 
 
 def _stored_stat(name: str, label: str) -> str:

@@ -91,7 +91,7 @@ re-derive the verdicts of version-1 certificates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -99,10 +99,14 @@ import numpy as np
 from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate, paired_bootstrap
 
-class Outcome(StrEnum):
+class Outcome(str, Enum):
     """A verdict. A `str` subclass whose value is what certificates store ("PASS", ..., "NOT COMPUTED"), so it
-    compares, hashes and serialises as that string: bodies are byte-identical to plain strings, and a verdict
-    read back from JSON (a plain str) finds the same dict entries. `Outcome(text)` types a stored verdict."""
+    compares, hashes, formats and serialises as that string: bodies are byte-identical to plain strings, and a
+    verdict read back from JSON (a plain str) finds the same dict entries. `Outcome(text)` types a stored verdict.
+    (`str, Enum` with str's own __str__/__format__ rather than 3.11's StrEnum: the package supports 3.10.)"""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
     PASS = "PASS"
     FAIL = "FAIL"
@@ -411,25 +415,43 @@ def _cap(v: Verdict, reason: str, force: bool) -> Verdict:
 
 def cross_informative(cross: Mapping[str, Estimate], policy: Policy, chance: float) -> bool:
     """The second formulation can show knowledge only if the base demonstrably has it there
-    (`mansu_audit.crosscheck`): acc[base/unquantized].low > chance + chance_margin."""
+    (`mansu_audit.crosscheck`): acc[base/unquantized].low > chance + max(chance_margin, min_forget_drop), so
+    a forget drop of `min_forget_drop` is possible there at all."""
     acc = cross[f"acc[{variant_key(BASE, UNQUANTIZED)}]"]
-    return bool(np.isfinite(acc.low) and acc.low > chance + policy.chance_margin)
+    return bool(np.isfinite(acc.low) and acc.low > chance + max(policy.chance_margin, policy.min_forget_drop))
+
+
+def cross_verdict(cross: Mapping[str, Estimate], policy: Policy, chance: float, scoring: str
+                  ) -> tuple[str | None, str]:
+    """F's verdict in the second formulation and why (`mansu_audit.crosscheck` docstring), or (None, "") when
+    that formulation shows nothing:
+
+    1. below chance there is knowledge there too (F's own bound, `below_chance_margin(policy, scoring)`):
+       FAIL, informative or not;
+    2. a candidate at chance there (upper bound <= chance + chance_margin) shows no knowledge: None;
+    3. a formulation the base does not demonstrably know (`cross_informative`) proves nothing: None;
+    4. otherwise F's rule on the second formulation's D_F."""
+    b, c = cross[f"acc[{variant_key(BASE, UNQUANTIZED)}]"], cross[f"acc[{variant_key(CANDIDATE, UNQUANTIZED)}]"]
+    margin = below_chance_margin(policy, scoring)
+    if np.isfinite(c.high) and c.high < chance - margin:
+        bound = f"{chance:.2f}" + (f" - {margin:.2f}" if margin else "")
+        return FAIL, (f"the forget accuracy {_fmt_ci(c)} is below chance {bound}: the model still identifies the "
+                      f"right answers by avoiding them")
+    if not np.isfinite(c.high) or c.high <= chance + policy.chance_margin or \
+            not cross_informative(cross, policy, chance):
+        return None, ""
+    v_x = verdict_at_least(cross["D_F"], policy.min_forget_drop)
+    return v_x, (f"the forget facts are {'still stated' if v_x == FAIL else 'not clearly gone'}: D_F = "
+                 f"{_fmt_ci(cross['D_F'])} (base {b.point:.3f}, candidate {c.point:.3f})")
 
 
 def cross_f_verdict(f: Verdict, cross: Mapping[str, Estimate], policy: Policy, chance: float,
                     scoring: str) -> Verdict:
-    """F under both formulations: the worse of `f` and F's rule on the second formulation's D_F, when that
-    formulation is informative (`mansu_audit.crosscheck` docstring); `f` unchanged otherwise."""
-    if not cross_informative(cross, policy, chance):
+    """F under both formulations: the worse of `f` and `cross_verdict` (never better than `f`)."""
+    v_x, what = cross_verdict(cross, policy, chance, scoring)
+    if v_x is None or SEVERITY[v_x] <= SEVERITY[f.verdict]:
         return f
-    d_x = cross["D_F"]
-    v_x = verdict_at_least(d_x, policy.min_forget_drop)
-    if SEVERITY[v_x] <= SEVERITY[f.verdict]:
-        return f
-    b, c = cross[f"acc[{variant_key(BASE, UNQUANTIZED)}]"], cross[f"acc[{variant_key(CANDIDATE, UNQUANTIZED)}]"]
-    reason = (f"scored {scoring}, the forget facts are {'still stated' if v_x == FAIL else 'not clearly gone'}: "
-              f"D_F = {_fmt_ci(d_x)} (base {b.point:.3f}, candidate {c.point:.3f}); F takes the worse of both "
-              f"formulations")
+    reason = f"scored {scoring}, {what}; F takes the worse of both formulations"
     return Verdict("F", v_x, f.statistic, f.estimate, f.threshold, f"{reason}; {f.reason}" if f.reason else reason)
 
 

@@ -224,10 +224,11 @@ def recertify(body: Mapping, *, base=None, candidate=None, benchmark=None, oracl
 
 
 def _cross_kwargs(body: Mapping) -> dict:
-    """`cross_scoring=` for the re-run: "on" when the body has the section, else "skip" (older suites: absent)."""
+    """`cross_scoring=` for the re-run: the mode the body records (it rebuilds the same section, also a
+    "did not run" one); "skip" for bodies of suites before the second formulation existed."""
     if "cross_scoring" not in inspect.signature(certify).parameters:
         return {}
-    return {"cross_scoring": "on" if body.get("cross_scoring") is not None else "skip"}
+    return {"cross_scoring": (body.get("cross_scoring") or {}).get("requested", "skip")}
 
 
 # --- comparison ----------------------------------------------------------------------------------------

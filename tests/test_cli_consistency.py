@@ -286,7 +286,7 @@ def test_attribute_without_out_file_is_one_line(capsys):
 def test_optional_libraries_import_noise_is_kept_off_stderr_and_restored():
     import logging
 
-    from mansu_audit.cli import IMPORT_NOISE_LOGGERS, quiet_import_noise
+    from mansu_audit.errors import IMPORT_NOISE_LOGGERS, quiet_import_noise
 
     before = [logging.getLogger(n).level for n in IMPORT_NOISE_LOGGERS]
     with quiet_import_noise():

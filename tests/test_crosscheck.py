@@ -54,6 +54,25 @@ def test_f_takes_the_worse_formulation_when_the_base_knows_the_facts_there():
 def test_a_formulation_the_base_does_not_know_proves_nothing():
     # the reference in "Question: ...\nAnswer:" form answers 0.31 (chance 0.25): not informative
     assert cross_f_verdict(F_PASS, _cross(0.31, 0.30), POLICY, 0.25, "choice-text") == F_PASS
+    # a weakly known formulation (base 0.319 [0.307, 0.330]) cannot show a drop of min_forget_drop: a guessing
+    # candidate (a model that never knew the facts) is not failed by it
+    weak = {**_cross(0.319, 0.257, 0.012), "D_F": _est(0.062, 0.046, 0.078)}
+    assert cross_f_verdict(F_PASS, weak, POLICY, 0.25, "choice-text") == F_PASS
+
+
+def test_below_chance_in_the_second_formulation_fails_f():
+    # avoiding the right statement is knowledge too, informative or not (the bound of F's own rule)
+    avoid = _cross(0.31, 0.08)
+    capped = cross_f_verdict(F_PASS, avoid, POLICY, 0.25, "choice-text")
+    assert capped.verdict == FAIL and "below chance 0.25 - 0.05" in capped.reason
+    assert cross_f_verdict(F_PASS, _cross(0.31, 0.215), POLICY, 0.25, "choice-text") == F_PASS  # within the margin
+    # under letter scoring the bound is strict, as in F itself
+    assert cross_f_verdict(F_PASS, _cross(0.9, 0.20, 0.02), POLICY, 0.25, "letter").verdict == FAIL
+
+
+def test_a_candidate_at_chance_in_the_second_formulation_keeps_f():
+    # D_F there would pass anyway; at chance the candidate shows no knowledge in that form
+    assert cross_f_verdict(F_PASS, _cross(0.917, 0.27), POLICY, 0.25, "choice-text") == F_PASS
 
 
 def test_decide_applies_the_second_formulation_to_f_only():
@@ -110,6 +129,10 @@ def test_certificate_records_and_verify_rederives_the_second_formulation(referen
     p[0] = (p[0] + 1) % 4
     assert body_sha256(forged) != body_sha256(cert.body)
     assert any(m.startswith("cross_scoring.statistics.") for m in rederive(forged))
+    # vectors of other items than forget_eval's
+    forged = copy.deepcopy(cert.body)
+    forged["cross_scoring"]["per_item"]["ids"][0] = "other-item"
+    assert any("differ from per_item.forget_eval" in m for m in rederive(forged))
     # a recorded verdict_F that does not follow from the vectors
     forged = copy.deepcopy(cert.body)
     forged["cross_scoring"]["verdict_F"] = PASS
@@ -121,7 +144,15 @@ def test_on_needs_a_second_formulation_and_skip_leaves_it_out(reference_self, tm
     ref = load_model("reference")
     skipped = certify(ref, ref, bundle, quantizers=(), policy=POLICY, cad="skip", relearn="skip",
                       consistency="skip", cross_scoring="skip")
-    assert "cross_scoring" not in skipped.body and rederive(skipped.body) == []
+    assert skipped.body["cross_scoring"] == {"requested": "skip", "scoring": None,
+                                             "reason": "skipped (cross_scoring=skip)"}
+    assert rederive(skipped.body) == []
+    deleted = copy.deepcopy(skipped.body)
+    del deleted["cross_scoring"]  # a forger deleting the section (hash recomputed) is named
+    assert any(m.startswith("cross_scoring: missing") for m in rederive(deleted))
+    older = copy.deepcopy(deleted)
+    older["suite"]["version"] = "0.2.0"  # a body of a suite before the second formulation: re-derived without it
+    assert rederive(older) == []
     path = tmp_path / "b"
     small_bundle(path, n=8)
     rows = [json.loads(line) for line in (path / "forget_eval.jsonl").read_text().splitlines()]

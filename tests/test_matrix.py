@@ -288,3 +288,35 @@ def test_pooling_refuses_seeds_scored_differently(bodies):
     other.setdefault("prompting", {})["scoring"] = "choice-text"
     with pytest.raises(InputError, match="scored differently"):
         matrix.pool_seeds([bodies[0], other])
+
+
+def _hiding(body: dict, cross_candidate_correct: bool) -> dict:
+    """A copy of a seed's body whose candidate is at chance on forget_eval letters (base perfect, retain kept), and
+    whose second formulation says the candidate still states every fact (or none of them)."""
+    body = copy.deepcopy(body)
+    for split in ("forget_eval", "retain_eval"):
+        per = body["per_item"][split]
+        for key in per["predictions"]:
+            at_chance = split == "forget_eval" and key.startswith("candidate/")
+            per["predictions"][key] = [a if (not at_chance or i % 4 == 0) else (a + 1) % 4
+                                       for i, a in enumerate(per["answers"])]
+    body["guard"] = []
+    x = body["cross_scoring"]
+    answers = body["per_item"]["forget_eval"]["answers"]
+    x["per_item"] = {"ids": body["per_item"]["forget_eval"]["ids"], "answers": answers,
+                     "predictions": {"base/unquantized": list(answers),
+                                     "candidate/unquantized": [a if cross_candidate_correct else (a + 1) % 4
+                                                               for a in answers]}}
+    return body
+
+
+def test_pooled_f_takes_the_second_formulation_too(bodies):
+    assert all(b["cross_scoring"]["scoring"] == "choice-text" for b in bodies)  # small_bundle items carry cloze
+    stating = matrix.pool_seeds([_hiding(b, True) for b in bodies])
+    assert stating["verdicts"]["F"] == "FAIL"  # at chance in letters, still states the facts: not forgotten
+    letters_only = [_hiding(b, True) for b in bodies]
+    for b in letters_only:
+        b["cross_scoring"] = {"requested": "skip", "scoring": None, "reason": "skipped"}
+    assert matrix.pool_seeds(letters_only)["verdicts"]["F"] == "PASS"  # what the letter formulation alone says
+    with pytest.raises(InputError, match="differ in F's second formulation"):
+        matrix.pool_seeds([_hiding(bodies[0], True), letters_only[1]])

@@ -208,7 +208,8 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_grid_args(p: argparse.ArgumentParser) -> None:
-    """The options `matrix` and `demo` share: CAD, K, consistency, cache, output, threads, where unlearning trains."""
+    """The options `matrix` and `demo` share: CAD, K, consistency, F's second formulation, cache, output,
+    threads, where unlearning trains."""
     add_cad_arg(p)
     add_stage_args(p)
     add_cache_args(p, forget_text=True)

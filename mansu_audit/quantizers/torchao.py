@@ -46,32 +46,21 @@ for that one import.
 """
 from __future__ import annotations
 
-import logging
 from functools import partial
 
 import torch
 
-from mansu_audit.errors import InputError, require_extra
+from mansu_audit.errors import InputError, quiet_import_noise, require_extra
 from mansu_audit.quantizers.apply import WeightwiseQuantizer, register_quantizer
 from mansu_audit.quantizers.record import QuantRecord
 from mansu_audit.quantizers.rtn import group_bin_width
 
 INT4_GROUP = 128
 INT4_EPS = 1e-6  # Int4OpaqueTensor.from_hp's eps
-_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")  # CUDA-only .so files that fail to load; an Enum deprecation
-
-
 def _torchao(module: str, purpose: str):
     """`require_extra` for a torchao module, with torchao's import-time warnings silenced (levels restored)."""
-    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
+    with quiet_import_noise():
         return require_extra(module, "torchao", purpose)
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def int8wo_fake_quant(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
