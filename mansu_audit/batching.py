@@ -5,8 +5,10 @@ default; CPU never runs out of GPU memory). On a CUDA out-of-memory error the
 size halves (down to 1) and the call is repeated; the size that worked is kept
 for later calls. `peak_memory_bytes` is the largest
 `torch.cuda.max_memory_allocated` seen (0 on CPU), for the documented peak.
-Batching never changes a result: `evaluate_mcq` scores each sequence alone
-(right padding, causal mask), so any batch size gives the same per-item numbers.
+Batching never changes a prediction: `evaluate_mcq` scores each sequence alone
+(right padding, causal mask; with its cache levers, each row continues its own
+context's cache), so any batch size gives the same per-item predictions, and
+log-likelihoods equal up to float rounding (matrix products of other shapes).
 """
 from __future__ import annotations
 
