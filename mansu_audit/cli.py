@@ -55,6 +55,19 @@ def plain_stderr():
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def library_logs_at_info():
+    """`--verbose`: transformers' logging at INFO for the command (its level restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_info()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -62,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # commands that load a model take --threads (commands/_common.add_model_args): the thread policy
         # (mansu_audit.threads) holds for the whole command, and torch's count is restored after it
+        verbose = getattr(args, "verbose", False)
         with torch_threads(args.threads) if hasattr(args, "threads") else nullcontext(), plain_stderr(), \
-                quiet_import_noise():
+                (library_logs_at_info() if verbose else quiet_import_noise()):
             return int(args._run(args))
     except InputError as exc:
         print(f"mansu-audit: error: {exc}", file=sys.stderr)

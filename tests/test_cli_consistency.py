@@ -292,3 +292,29 @@ def test_optional_libraries_import_noise_is_kept_off_stderr_and_restored():
     with quiet_import_noise():
         assert all(not logging.getLogger(n).isEnabledFor(logging.WARNING) for n in IMPORT_NOISE_LOGGERS)
     assert [logging.getLogger(n).level for n in IMPORT_NOISE_LOGGERS] == before
+
+
+def test_verbose_shows_library_logs_and_restores_their_level(monkeypatch):
+    """(transformers' handler keeps the stream it was first given, so the level is checked, not captured text)"""
+    import logging
+
+    import mansu_audit.commands.evaluate as evaluate_command
+    from transformers.utils import logging as hf_logging
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen["level"] = hf_logging.get_verbosity()
+        seen["torchao_warns"] = logging.getLogger("torchao").isEnabledFor(logging.WARNING)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(evaluate_command, "evaluate", record)
+    before = hf_logging.get_verbosity()
+    assert main(["evaluate", "--model", "reference", "--limit", "4", "--verbose"]) == 2
+    assert seen == {"level": logging.INFO, "torchao_warns": True}
+    assert hf_logging.get_verbosity() == before
+    assert main(["evaluate", "--model", "reference", "--limit", "4"]) == 2
+    assert seen["level"] == before and seen["torchao_warns"] is False
+    subs = _subparsers()
+    for name in PROGRESS_COMMANDS:
+        assert "--verbose" in _options(subs[name]), name

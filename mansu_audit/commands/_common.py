@@ -104,10 +104,14 @@ def add_cache_args(p: argparse.ArgumentParser, *, forget_text: bool = False) -> 
 
 
 def add_output_args(p: argparse.ArgumentParser, *, quiet: bool = True, json: bool = False) -> None:
-    """`--quiet` (every command that prints progress: progress goes to stderr) and `--json` (every command that
-    prints a result table: the machine-readable result is then the only thing on stdout)."""
+    """`--quiet` / `--verbose` (every command that prints progress: progress goes to stderr) and `--json` (every
+    command that prints a result table: the machine-readable result is then the only thing on stdout)."""
     if quiet:
-        p.add_argument("--quiet", action="store_true", help="no progress messages or bars on stderr")
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--quiet", action="store_true", help="no progress messages or bars on stderr")
+        group.add_argument("--verbose", action="store_true",
+                           help="also show the libraries' own log messages on stderr (transformers at INFO, "
+                                "optional libraries' import warnings), which are otherwise kept to errors")
     if json:
         p.add_argument("--json", action="store_true",
                        help="print the result as JSON on stdout, instead of the table (progress stays on stderr)")

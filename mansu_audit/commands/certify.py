@@ -118,7 +118,7 @@ def parse_artifacts(values: list[str]) -> dict[str, str]:
 # Options that only choose where output, cache and key live, or how chatty the run is: left out of the
 # recorded command, so the same inputs give the same certificate body wherever it is written.
 STORAGE_OPTIONS = {"--out": True, "--overwrite": False, "--cache-dir": True, "--no-cache": False,
-                   "--quiet": False, "--json": False, "--sign-key": True,
+                   "--quiet": False, "--verbose": False, "--json": False, "--sign-key": True,
                    "--report": False}
 
 

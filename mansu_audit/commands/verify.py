@@ -36,11 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "recorded CAD is used as given and not compared)")
     g.add_argument("--oracle", default=None, metavar="MODEL",
                    help="with --recompute: the oracle model K was certified with (its path is not recorded)")
-    g.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH.gguf",
-                   help="with --recompute: the GGUF file of an artifact variant (only its name is recorded)")
+    g.add_argument("--quantized-artifact", action="append", default=[], metavar="NAME=PATH",
+                   help="with --recompute: the artifact of that variant (GGUF file, bitsandbytes or GPTQ folder; "
+                        "only its name and digest are recorded)")
     g.add_argument("--device", default=None,
                    help="with --recompute: run on this device instead of the recorded one")
-    g.add_argument("--quiet", action="store_true", help="no progress messages during --recompute")
+    q = g.add_mutually_exclusive_group()
+    q.add_argument("--quiet", action="store_true", help="no progress messages during --recompute")
+    q.add_argument("--verbose", action="store_true",
+                   help="also show the libraries' own log messages on stderr (transformers at INFO)")
     add_model_args(p)
 
 
