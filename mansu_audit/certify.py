@@ -218,6 +218,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
     `splits`: the MCQ splits to evaluate (default forget_eval and retain_eval).
     """
     batcher = AutoBatch(start=batch_size, evaluator=evaluate_mcq)
+    how = "" if scoring == "letter" else f" ({scoring} scoring)"  # progress lines name a non-default formulation
     code = evaluation_code_sha256()
     items = {s: mcq_items_sha256(bundle.split(s)) for s in splits}
     calibration = sha256_json(bundle.texts("retain_corpus")) if "retain_corpus" in bundle.corpus else None
@@ -267,7 +268,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                 key = variant_key(role, variant)
                 entry = cached[split]
                 if entry is None:
-                    _log(progress, f"evaluating {key} on {split}")
+                    _log(progress, f"evaluating {key} on {split}{how}")
                     res = batcher.evaluate(evaluated, model.tokenizer, bundle.split(split), split=split,
                                            prompt_fn=prompt_fns[role], subject_line=bundle.subject_line,
                                            progress=progress, truncate=truncate, scoring=scoring)
@@ -275,7 +276,7 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
                              "quantizer_settings": settings.get(variant) if variant != UNQUANTIZED else None}
                     cache.put(keys[split], entry, stage="mcq-eval", inputs=inputs[split])
                 else:
-                    _log(progress, f"{key} on {split}: cached")
+                    _log(progress, f"{key} on {split}{how}: cached")
                 # Always go through the stored form, so fresh and cached runs give identical bytes.
                 results[split][key] = MCQResult.from_dict(json_copy(entry["result"]))
                 if variant != UNQUANTIZED and entry.get("quantizer_settings") is not None:
