@@ -377,6 +377,15 @@ def guard_findings(forget: SplitItems, retain: SplitItems, forget_stats: Mapping
     return out
 
 
+def is_below_chance(acc: Estimate, chance: float, margin: float) -> bool:
+    """The "below chance is knowledge" test (module docstring, F): the accuracy's upper bound under chance − margin."""
+    return bool(np.isfinite(acc.high) and acc.high < chance - margin)
+
+
+def _chance_bound(chance: float, margin: float) -> str:
+    return f"{chance:.2f}" + (f" - {margin:.2f}" if margin else "")
+
+
 def below_chance_findings(forget_stats: Mapping[str, Estimate], variants: Sequence[str], policy: Policy,
                           chance: float, scoring: str = "letter") -> list[GuardFinding]:
     """"Below chance is knowledge" (module docstring, F) for the candidate's `variants` (UNQUANTIZED or a
@@ -387,12 +396,11 @@ def below_chance_findings(forget_stats: Mapping[str, Estimate], variants: Sequen
     for variant in variants:
         key = variant_key(CANDIDATE, variant)
         f_acc = forget_stats[f"acc[{key}]"]
-        if np.isfinite(f_acc.high) and f_acc.high < chance - margin:
-            bound = f"{chance:.2f}" + (f" - {margin:.2f}" if margin else "")
+        if is_below_chance(f_acc, chance, margin):
             out.append(GuardFinding("below_chance", "F" if variant == UNQUANTIZED else f"Q[{variant}]", FAIL,
                                     f"below chance ({key}): forget accuracy {_fmt_ci(f_acc)} is wholly below chance "
-                                    f"{bound}: the model still identifies the right answer by avoiding it",
-                                    key, "self"))
+                                    f"{_chance_bound(chance, margin)}: the model still identifies the right answer "
+                                    f"by avoiding it", key, "self"))
     return out
 
 
@@ -433,10 +441,9 @@ def cross_verdict(cross: Mapping[str, Estimate], policy: Policy, chance: float, 
     4. otherwise F's rule on the second formulation's D_F."""
     b, c = cross[f"acc[{variant_key(BASE, UNQUANTIZED)}]"], cross[f"acc[{variant_key(CANDIDATE, UNQUANTIZED)}]"]
     margin = below_chance_margin(policy, scoring)
-    if np.isfinite(c.high) and c.high < chance - margin:
-        bound = f"{chance:.2f}" + (f" - {margin:.2f}" if margin else "")
-        return FAIL, (f"the forget accuracy {_fmt_ci(c)} is below chance {bound}: the model still identifies the "
-                      f"right answers by avoiding them")
+    if is_below_chance(c, chance, margin):
+        return FAIL, (f"the forget accuracy {_fmt_ci(c)} is below chance {_chance_bound(chance, margin)}: the model "
+                      f"still identifies the right answers by avoiding them")
     if not np.isfinite(c.high) or c.high <= chance + policy.chance_margin or \
             not cross_informative(cross, policy, chance):
         return None, ""
