@@ -295,6 +295,11 @@ def check_tokenizer_fits(tokenizer, model: torch.nn.Module, where: Path | str | 
                          "rows (tokenizer and model do not belong together)", where)
 
 
+def head_tied(emb: torch.nn.Module | None, head: torch.nn.Module | None) -> bool:
+    """Whether the output head shares its weight tensor with the input embeddings (tied embeddings)."""
+    return emb is not None and head is not None and getattr(head, "weight", None) is getattr(emb, "weight", None)
+
+
 def load_artifact_weights(model: torch.nn.Module, tensors: dict, where: Path) -> torch.nn.Module:
     """`model` (a copy of the candidate) given an artifact's weights in place (`tensors`: parameter name ->
     array, read from a GGUF file or dequantized from a bitsandbytes checkpoint): every tensor must land on a
@@ -308,9 +313,7 @@ def load_artifact_weights(model: torch.nn.Module, tensors: dict, where: Path) ->
             raise InputError(f"artifact tensor '{key}' has shape {tuple(value.shape)}, the candidate "
                              f"{tuple(state[key].shape)}", where)
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    tied = set()
-    if emb is not None and head is not None and getattr(head, "weight", None) is getattr(emb, "weight", None):
-        tied = {f"{n}.weight" for n, m in model.named_modules() if m is head}
+    tied = {f"{n}.weight" for n, m in model.named_modules() if m is head} if head_tied(emb, head) else set()
     missing = [k for k in state if k not in tensors and k not in tied and not k.endswith("rotary_emb.inv_freq")]
     if missing:
         raise InputError(f"artifact lacks {len(missing)} of the candidate's weights (e.g. '{missing[0]}')", where)

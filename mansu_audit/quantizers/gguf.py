@@ -55,7 +55,7 @@ from torch import nn
 
 from mansu_audit.errors import InputError, first_line, require_extra
 from mansu_audit.io import sha256_file
-from mansu_audit.loading.checkpoint import load_artifact_weights
+from mansu_audit.loading.checkpoint import head_tied, load_artifact_weights
 from mansu_audit.loading.gguf import gguf_info
 from mansu_audit.quantizers.apply import WeightwiseQuantizer, quantize_weights, register_quantizer
 from mansu_audit.quantizers.record import QuantRecord
@@ -147,10 +147,6 @@ def _gguf_version() -> str:
         return "absent"
 
 
-def _tied(emb: nn.Module | None, head: nn.Module | None) -> bool:
-    return emb is not None and head is not None and getattr(head, "weight", None) is getattr(emb, "weight", None)
-
-
 @dataclass(frozen=True)
 class GGUFQuantizer(WeightwiseQuantizer):
     """`gguf-<qtype>` on a whole model: the shared walk, then embeddings/head as llama.cpp (module doc)."""
@@ -164,7 +160,7 @@ class GGUFQuantizer(WeightwiseQuantizer):
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         names = {id(m): n for n, m in model.named_modules()}
-        tied = _tied(emb, head)
+        tied = head_tied(emb, head)
         if head is not None and getattr(head, "weight", None) is not None:
             falcon = getattr(getattr(model, "config", None), "model_type", None) == "falcon"
             head_type = self.qtype if self.qtype == "q8_0" else \
