@@ -189,15 +189,21 @@ def _read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path
     return tensors, files
 
 
+def _by_layer(entries: dict) -> dict[str, dict]:
+    """{layer prefix: {part: entry}} of the `PARTS` tensors among `entries` (keyed '<prefix>.<part>')."""
+    layers: dict[str, dict] = {}
+    for key, value in entries.items():
+        prefix, _, part = key.rpartition(".")
+        if part in PARTS:
+            layers.setdefault(prefix, {})[part] = value
+    return layers
+
+
 def check_gptq_tensors(stored: dict[str, StoredTensor], fmt: GptqFormat) -> list[str]:
     """The quantized layers' names, after checking from the safetensors headers that each has all four
     tensors, of the right dtype and of shapes consistent with each other and with `fmt` (module docstring),
     and no float `.weight` beside them. One InputError line naming the file and the tensor otherwise."""
-    layers: dict[str, set[str]] = {}
-    for key in stored:
-        prefix, _, part = key.rpartition(".")
-        if part in PARTS:
-            layers.setdefault(prefix, set()).add(part)
+    layers = _by_layer(stored)
     per = 32 // fmt.bits
     for prefix, parts in sorted(layers.items()):
         where = stored[f"{prefix}.{min(parts)}"].file
@@ -254,11 +260,7 @@ def dequantize_gptq_state(tensors: dict[str, torch.Tensor], files: dict[str, Pat
                           fmt: GptqFormat) -> dict[str, torch.Tensor]:
     """Stored tensors of a GPTQ checkpoint (already through `check_gptq_tensors`) -> {parameter name: float32
     tensor}, each quantized layer checked against `like`'s Linear of that name."""
-    layers: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        prefix, _, part = key.rpartition(".")
-        if part in PARTS:
-            layers.setdefault(prefix, {})[part] = value
+    layers = _by_layer(tensors)
     modules = dict(like.named_modules())
     out: dict[str, torch.Tensor] = {}
     for prefix in sorted(layers):
