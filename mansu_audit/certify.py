@@ -179,11 +179,12 @@ def quantized_artifact_record(path: str | Path) -> dict:
     return bnb_artifact_record(path) if is_bnb_folder(path) else artifact_record(path)
 
 
-def load_quantized_artifact(path: str | Path, like) -> object:
-    """The artifact's dequantized weights in a copy of `like` (`.model`, `.record`)."""
+def load_quantized_artifact(path: str | Path, like, record: dict | None = None) -> object:
+    """The artifact's dequantized weights in a copy of `like` (`.model`, `.record`); `record`: its
+    `quantized_artifact_record` when already computed in this run."""
     if is_gptq_folder(path):
-        return load_gptq_artifact(path, like)
-    return load_bnb_artifact(path, like) if is_bnb_folder(path) else load_artifact(path, like)
+        return load_gptq_artifact(path, like, record)
+    return load_bnb_artifact(path, like, record) if is_bnb_folder(path) else load_artifact(path, like, record)
 
 
 def batch_key(model, batch_size: int | None) -> dict:
@@ -255,7 +256,8 @@ def evaluate_all(models: dict[str, LoadedModel], bundle: Bundle, quantizers: Seq
             if any(v is None for v in cached.values()) and variant in artifacts:
                 if role == CANDIDATE:
                     _log(progress, f"loading {role} artifact {variant} ({settings[variant]['artifact']})")
-                    evaluated = load_quantized_artifact(artifacts[variant], model.model).model
+                    record = {k: v for k, v in settings[variant].items() if k != "base"}
+                    evaluated = load_quantized_artifact(artifacts[variant], model.model, record).model
             elif any(v is None for v in cached.values()) and variant != UNQUANTIZED:
                 _log(progress, f"quantizing {role} with {variant}" + (" (base quantized, adapter in full precision)"
                                                                       if unmerged else ""))

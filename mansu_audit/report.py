@@ -15,7 +15,8 @@ signature status, date), the overall verdict, one reason line per desideratum, t
 commands that reproduce and verify the certificate; then the charts (accuracy slopes and
 PTQ gap, weight diagnostics, circuit mass, and K's card: the relearning curve of base,
 candidate and oracle with chance and K's threshold, and the probe accuracy per layer;
-`recovery_view`); then, folded
+`recovery_view`), and the formulations card (F's second formulation and the
+choice-order check, `formulations_view`); then, folded
 in `<details>`, the full statistics, diagnostics, per-layer tables, provenance and
 worst items.
 
@@ -659,6 +660,40 @@ def recovery_view(body: dict) -> dict | None:
                 colours=colours, width=460)}
 
 
+def formulations_view(body: dict) -> dict | None:
+    """How far the letters can be trusted, from `body.cross_scoring` and `body.consistency` (None when the
+    certificate has neither: older versions).
+
+    `cross`: F's second formulation (`mansu_audit.crosscheck`): its scoring, the accuracy of base and candidate
+    and D_F there with CIs, whether the base demonstrably knows the facts there (informative) and the verdict
+    it gave F; or why it did not run. `consistency`: one row per model and split, accuracy in the original
+    choice order and averaged over the rotations, their difference with the check's threshold, and the flags.
+    """
+    cross_rec, cons = body.get("cross_scoring"), body.get("consistency")
+    if not isinstance(cross_rec, dict) and not isinstance(cons, dict):
+        return None
+    cross = None
+    if isinstance(cross_rec, dict):
+        stats = cross_rec.get("statistics") or {}
+        unq = unquantized_name(body)
+        cross = {"scoring": cross_rec.get("scoring"), "reason": cross_rec.get("reason"),
+                 "requested": cross_rec.get("requested"), "split": cross_rec.get("split"),
+                 "informative": cross_rec.get("informative"), "verdict": cross_rec.get("verdict_F"),
+                 "base": stats.get(f"acc[base/{unq}]"), "candidate": stats.get(f"acc[candidate/{unq}]"),
+                 "D_F": stats.get("D_F"), "n": len((cross_rec.get("per_item") or {}).get("ids") or [])}
+    rows, flags, note = [], [], None
+    if isinstance(cons, dict):
+        flags, note = list(cons.get("flags") or []), cons.get("note")
+        for role, splits in (cons.get("models") or {}).items():
+            for split, r in splits.items():
+                rows.append({"role": ROLE_SERIES.get(role, role), "split": split, "orders": r.get("orders"),
+                             "original": r.get("accuracy_original"), "permuted": r.get("accuracy_permuted"),
+                             "dependence": r.get("order_dependence"), "threshold": r.get("max_order_dependence"),
+                             "flagged": bool(r.get("order_dependent"))})
+    return {"cross": cross, "consistency": None if not isinstance(cons, dict) else
+            {"mode": cons.get("mode"), "rows": rows, "flags": flags, "note": note}}
+
+
 def is_forget_list(name: str) -> bool:
     """Every worst-item list is forget-set text unless its name says retain (a new list is hidden by default)."""
     return not name.startswith(RETAIN_LISTS)
@@ -715,6 +750,7 @@ def audit_context(audit: Audit, index: int, include_forget_text: bool) -> dict:
             "quantizer_colours": series_colours(_quantizers(body)),
             "accuracy_rows": accuracy_rows(body), "diagnostics": diagnostics_view(audit.details),
             "circuit": circuit_view(body, audit.sidecar, audit.details), "recovery": recovery_view(body),
+            "formulations": formulations_view(body),
             "worst": worst_item_lists(body, audit.sidecar, include_forget_text),
             "sidecar_status": audit.sidecar_status, "provenance": provenance(audit),
             "policy": body["policy"]["values"], "splits": body["benchmark"]["splits"]}

@@ -252,7 +252,7 @@ def base_notes(results: Mapping[str, Any], policy: Policy) -> list[str]:
     notes = []
     for split, result in results.items():
         ci = accuracy_ci(result.correct.astype(np.float64), B=policy.bootstrap_replicates, seed=policy.seed,
-                         level=policy.level)
+                         level=policy.level, method=policy.ci_method)
         if ci.low <= result.chance + policy.chance_margin:
             notes.append(f"base accuracy on {split} is {ci.point:.3f} [{ci.low:.3f}, {ci.high:.3f}], not clearly above "
                          f"chance ({result.chance:.3f}): the base does not know these facts, so D on {split} cannot "

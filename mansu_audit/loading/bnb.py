@@ -42,7 +42,7 @@ import torch
 
 from mansu_audit.errors import InputError, first_line
 from mansu_audit.io import read_json, sha256_file
-from mansu_audit.loading.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, load_artifact_weights
+from mansu_audit.loading.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, load_artifact_weights, shard_files
 
 QSTATE = ".quant_state.bitsandbytes__"
 
@@ -70,24 +70,19 @@ def bnb_quant_config(folder: Path) -> dict:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    index = folder / SAFE_INDEX
-    if index.is_file():
-        shards = read_json(index).get("weight_map", {})
-        return [folder / name for name in sorted(set(shards.values()))]
-    if (folder / SAFE_WEIGHTS).is_file():
-        return [folder / SAFE_WEIGHTS]
-    raise InputError(f"quantized artifact has no {SAFE_WEIGHTS} (safetensors only)", folder)
+    """An artifact folder's safetensors files (`checkpoint.shard_files`); InputError when it has none."""
+    shards = shard_files(folder)
+    if not shards:
+        raise InputError(f"quantized artifact has no {SAFE_WEIGHTS} (safetensors only)", folder)
+    return shards
 
 
 def folder_digest(folder: Path) -> tuple[str, dict[str, str]]:
     """(SHA-256 over the per-file digests, {file name: SHA-256}) of an artifact folder's config.json,
     shard index and safetensors weight files; InputError for a missing shard."""
     files = [folder / "config.json", *(([folder / SAFE_INDEX]) if (folder / SAFE_INDEX).is_file() else []),
-             *weight_files(folder)]
+             *weight_files(folder)]  # every shard exists (shard_files checks)
     hashes = {p.name: sha256_file(p) for p in files if p.is_file()}
-    if len(hashes) != len(files):
-        missing = next(p for p in files if not p.is_file())
-        raise InputError("weight shard named by the index is missing", missing)
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(), hashes
 
 
@@ -166,10 +161,11 @@ class BnbArtifact:
     record: dict
 
 
-def load_bnb_artifact(folder: str | Path, like: torch.nn.Module) -> BnbArtifact:
-    """The dequantized weights of the bitsandbytes checkpoint `folder` in a copy of `like` (the candidate)."""
+def load_bnb_artifact(folder: str | Path, like: torch.nn.Module, record: dict | None = None) -> BnbArtifact:
+    """The dequantized weights of the bitsandbytes checkpoint `folder` in a copy of `like` (the candidate);
+    `record`: its `bnb_artifact_record` when the caller already has it (saves hashing the files again)."""
     folder = Path(folder)
-    record = bnb_artifact_record(folder)
+    record = record or bnb_artifact_record(folder)
     state = dequantize_bnb_state(_read_tensors(folder), folder)
     model = load_artifact_weights(copy.deepcopy(like), state, folder)
     return BnbArtifact(model, record)

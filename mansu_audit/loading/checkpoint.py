@@ -87,7 +87,9 @@ def read_config(path: Path) -> dict:
 
 # --------------------------------------------------------------------------- safetensors headers
 
-def _shard_files(folder: Path) -> list[Path]:
+def shard_files(folder: Path) -> list[Path]:
+    """The safetensors weight files of a folder: the shards its index names (each a plain file name that
+    exists) or `model.safetensors`; [] when it has neither."""
     index = folder / SAFE_INDEX
     if index.is_file():
         try:
@@ -112,7 +114,7 @@ def safetensors_header(folder: Path) -> dict[str, StoredTensor] | None:
     """Every stored tensor's shape and dtype, from the headers only; None without safetensors weights."""
     from safetensors import safe_open
 
-    shards = _shard_files(folder)
+    shards = shard_files(folder)
     if not shards:
         return None
     out: dict[str, StoredTensor] = {}

@@ -278,10 +278,11 @@ def dequantize_gptq_state(tensors: dict[str, torch.Tensor], files: dict[str, Pat
     return out
 
 
-def load_gptq_artifact(folder: str | Path, like: torch.nn.Module) -> GptqArtifact:
-    """The dequantized weights of the GPTQ checkpoint `folder` in a copy of `like` (the candidate)."""
+def load_gptq_artifact(folder: str | Path, like: torch.nn.Module, record: dict | None = None) -> GptqArtifact:
+    """The dequantized weights of the GPTQ checkpoint `folder` in a copy of `like` (the candidate);
+    `record`: its `gptq_artifact_record` when the caller already has it (saves hashing the files again)."""
     folder = Path(folder)
-    record = gptq_artifact_record(folder)
+    record = record or gptq_artifact_record(folder)
     fmt = GptqFormat(**{k: record[k] for k in ("bits", "group_size", "sym", "desc_act", "checkpoint_format")})
     tensors, files = _read_tensors(folder)
     state = dequantize_gptq_state(tensors, files, like, fmt)

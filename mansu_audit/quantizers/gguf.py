@@ -217,16 +217,17 @@ def artifact_record(path: str | Path) -> dict:
             "reader": f"gguf-py {_gguf_version()} dequantize"}
 
 
-def load_artifact(path: str | Path, like: nn.Module) -> Artifact:
+def load_artifact(path: str | Path, like: nn.Module, record: dict | None = None) -> Artifact:
     """The weights of GGUF file `path` (any type gguf-py dequantizes: K-quants included) in a copy of `like`.
 
     Tensor names are mapped to `like`'s parameters by transformers' GGUF mapping
     (which also undoes llama.cpp's Q/K row permutation); every tensor must land on
     a parameter of the same shape and every parameter of `like` (tied ones aside)
-    must be given, else InputError. The record is `artifact_record(path)`.
+    must be given, else InputError. The record is `artifact_record(path)` (or `record`, when the caller
+    already computed it: saves hashing the file again).
     """
     path = Path(path)
-    record = artifact_record(path)
+    record = record or artifact_record(path)
     from transformers import modeling_gguf_pytorch_utils as hf_gguf
 
     model = copy.deepcopy(like)
