@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Sequence
 
 from mansu_audit.attest import ATTESTATION_FILE, check_attestation
-from mansu_audit.certificate import (CERTIFICATE_FILE, RESULTS_FILE, Certificate, guard_messages, read_certificate,
-                                     read_document)
+from mansu_audit.certificate import (CERTIFICATE_FILE, RESULTS_FILE, Certificate, body_schema_version,
+                                     guard_messages, read_certificate, read_document)
 from mansu_audit.details import details_sha256, read_details
 from mansu_audit.errors import InputError
 from mansu_audit.io import atomic_write_bytes, sha256_file
@@ -108,11 +108,6 @@ def _rule(name: str, statistic: str | None = None) -> Rule | None:
     if rule is None or fam == name:
         return rule
     return Rule(f"{rule.title} under {name[len(fam) + 1:-1]}", rule.side, rule.needs, rule.needs_v2)
-
-
-def schema_of(body: dict) -> int:
-    """2 when the body has schema-2 records ('unquantized', 'required'), else 1."""
-    return 2 if isinstance(body.get("unquantized"), dict) or "required" in body else 1
 
 
 def level_text(policy_values: dict) -> str:
@@ -196,7 +191,7 @@ def required_names(body: dict) -> list[str]:
 def reason_lines(body: dict) -> list[dict]:
     pv = body["policy"]["values"]
     req = set(required_names(body))
-    return [{**reason_line(n, body["desiderata"][n], pv, schema_of(body)), "required": n in req}
+    return [{**reason_line(n, body["desiderata"][n], pv, body_schema_version(body)), "required": n in req}
             for n in headline_names(body)]
 
 
@@ -647,7 +642,7 @@ def recovery_view(body: dict) -> dict | None:
              "after": relearning[r].get("accuracy_after"), "probe_max": probes[r].get("max"),
              "best_layer": probes[r].get("best_layer")} for r in roles]
     oracle = ((rec.get("oracle") or {}).get("statistics") or {}).get("recovered_fraction")
-    return {"reason": reason_line("K", k, body["policy"]["values"], schema_of(body)) if k else None,
+    return {"reason": reason_line("K", k, body["policy"]["values"], body_schema_version(body)) if k else None,
             "split": rec.get("split") or {}, "attack": rec.get("attack") or {}, "rows": rows, "oracle_rf": oracle,
             "colours": colours,
             "relearn_chart": line_chart(curves, title="Relearning attack: held-out forget accuracy",
@@ -778,8 +773,8 @@ def overview(audits: Sequence[Audit]) -> dict | None:
         retain[a.label] = [_interval(b["statistics"]["retain_eval"].get(f"acc[candidate/{v}]")) for v in variants]
     heads = []
     for n in names:
-        line = reason_line(n, first["desiderata"][n], pv, schema_of(first))
-        same = all(reason_line(n, a.certificate.body["desiderata"][n], pv, schema_of(first))["needs"] == line["needs"]
+        line = reason_line(n, first["desiderata"][n], pv, body_schema_version(first))
+        same = all(reason_line(n, a.certificate.body["desiderata"][n], pv, body_schema_version(first))["needs"] == line["needs"]
                    for a in audits if n in a.certificate.body["desiderata"])
         heads.append({"name": n, "title": line["title"], "needs": line["needs"] if same else "rule per row"})
     chance = first["chance"]

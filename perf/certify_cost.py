@@ -93,7 +93,8 @@ class TokenCounter:
     def stage(self, name: str, fn):
         def wrapped(*a, **kw):
             # certify's second formulation runs through evaluate_all too, on its one split
-            self.stack.append("cross_scoring" if name == "evaluate" and kw.get("splits") == (CROSS_SPLIT,) else name)
+            self.stack.append("cross_scoring" if name == "evaluate" and tuple(kw.get("splits") or ()) == (CROSS_SPLIT,)
+                              else name)
             try:
                 return fn(*a, **kw)
             finally:

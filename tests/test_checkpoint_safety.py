@@ -114,6 +114,26 @@ def test_missing_shard_is_named(tiny_dir):
     assert load_model(tiny_dir).model.config.num_hidden_layers == 2  # complete shards load
 
 
+def test_shard_index_cannot_name_a_file_outside_the_folder(tiny_dir):
+    """A shard index naming '../x' is refused even when that file exists, for models and quantized artifacts
+    alike (one shard list: `checkpoint.shard_files`)."""
+    from mansu_audit.loading.bnb import weight_files
+
+    state = load_file(str(tiny_dir / "model.safetensors"))
+    (tiny_dir / "model.safetensors").unlink()
+    keys = sorted(state)
+    half = len(keys) // 2
+    save_file({k: state[k] for k in keys[:half]}, str(tiny_dir / "model-00001-of-00002.safetensors"))
+    save_file({k: state[k] for k in keys[half:]}, str(tiny_dir.parent / "outside.safetensors"))
+    weight_map = {k: "model-00001-of-00002.safetensors" if i < half else "../outside.safetensors"
+                  for i, k in enumerate(keys)}
+    (tiny_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for call in (load_model, weight_files):
+        with pytest.raises(InputError) as exc:
+            call(tiny_dir)
+        assert "shard '../outside.safetensors' named in the index is not a file name in the folder" in _one_line(exc)
+
+
 # --------------------------------------------------------------------------- config.json
 
 def test_pre_quantized_checkpoint_is_refused(tiny_dir):

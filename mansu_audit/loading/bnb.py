@@ -42,7 +42,8 @@ import torch
 
 from mansu_audit.errors import InputError, first_line
 from mansu_audit.io import read_json, sha256_file
-from mansu_audit.loading.checkpoint import SAFE_INDEX, SAFE_WEIGHTS, load_artifact_weights, shard_files
+from mansu_audit.loading.checkpoint import (SAFE_INDEX, SAFE_WEIGHTS, load_artifact_weights, read_shard_tensors,
+                                            shard_files)
 
 QSTATE = ".quant_state.bitsandbytes__"
 
@@ -108,15 +109,8 @@ def _bnb_version() -> str:
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    for path in weight_files(folder):
-        try:
-            tensors.update(load_file(str(path)))
-        except Exception as exc:
-            raise InputError(f"unreadable safetensors: {first_line(exc)}", path) from None
-    return tensors
+    weight_files(folder)  # InputError when the folder has no safetensors weights
+    return read_shard_tensors(folder)[0]
 
 
 def dequantize_bnb_state(tensors: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:

@@ -102,12 +102,37 @@ def shard_files(folder: Path) -> list[Path]:
         shards = []
         for name in dict.fromkeys(weight_map.values()):
             shard = folder / name
-            if Path(name).name != name or not shard.is_file():
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise InputError(f"shard '{name}' named in the index is not a file name in the folder", index)
+            if not shard.is_file():
                 raise InputError(f"shard '{name}' named in the index is missing", index)
             shards.append(shard)
         return shards
     single = folder / SAFE_WEIGHTS
     return [single] if single.is_file() else []
+
+
+def read_shard_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """Every tensor stored in a folder's safetensors shards (`shard_files`) and the file holding it (CPU);
+    InputError for an unreadable file or a tensor stored twice."""
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    files: dict[str, Path] = {}
+    for path in shard_files(folder):
+        try:
+            with safe_open(str(path), framework="pt") as reader:
+                keys = list(reader.keys())
+                twice = next((k for k in keys if k in tensors), None)
+                if twice is not None:
+                    raise InputError(f"tensor '{twice}' is stored twice ({files[twice].name} and here)", path)
+                for key in keys:
+                    tensors[key], files[key] = reader.get_tensor(key), path
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"unreadable safetensors: {first_line(exc)}", path) from None
+    return tensors, files
 
 
 def safetensors_header(folder: Path) -> dict[str, StoredTensor] | None:

@@ -60,10 +60,10 @@ from pathlib import Path
 import torch
 
 from mansu_audit.architecture import is_linear, linear_weight
-from mansu_audit.errors import InputError, first_line
+from mansu_audit.errors import InputError
 from mansu_audit.io import read_json
 from mansu_audit.loading.bnb import weight_files, folder_digest
-from mansu_audit.loading.checkpoint import StoredTensor, load_artifact_weights, safetensors_header
+from mansu_audit.loading.checkpoint import StoredTensor, load_artifact_weights, read_shard_tensors, safetensors_header
 
 FORMATS = ("gptq", "gptq_v2")  # "gptq" = v1: zeros stored minus one
 BITS = (2, 4, 8)
@@ -175,18 +175,8 @@ def dequantize_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.T
 
 def _read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """Every stored tensor and the file holding it (safetensors only)."""
-    from safetensors import safe_open
-
-    tensors: dict[str, torch.Tensor] = {}
-    files: dict[str, Path] = {}
-    for path in weight_files(folder):
-        try:
-            with safe_open(str(path), framework="pt") as reader:
-                for key in reader.keys():
-                    tensors[key], files[key] = reader.get_tensor(key), path
-        except Exception as exc:
-            raise InputError(f"unreadable safetensors: {first_line(exc)}", path) from None
-    return tensors, files
+    weight_files(folder)  # InputError when the folder has no safetensors weights
+    return read_shard_tensors(folder)
 
 
 def _by_layer(entries: dict) -> dict[str, dict]:
