@@ -67,7 +67,8 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
              B: int = DEFAULT_B, seed: int = DEFAULT_SEED, batch_size: int | None = None,
              chat_template: str = "auto", truncate: str | None = None, progress: bool = False,
              threads: int | None = None, scoring: str | None = None, device: str = "auto",
-             dtype: str | None = "auto", allow_pickle: bool = False, limit: int | None = None) -> Evaluation:
+             dtype: str | None = "auto", allow_pickle: bool = False, limit: int | None = None,
+             share_prefix: bool = False) -> Evaluation:
     """Evaluate a model (and its quantized versions) on every MCQ split of a benchmark.
 
     Defaults are the CLI's (device and dtype "auto", automatic batch size), so the two
@@ -79,7 +80,9 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     (`mansu_audit.prompts`), recorded in `prompting`. `threads`: torch CPU threads while it runs
     (None: $MANSU_THREADS, else the detected default; `mansu_audit.threads`), restored after.
     `limit`: evaluate only the first `limit` items of each split (lm-eval's `--limit`; for quick
-    looks, recorded in the result).
+    looks, recorded in the result). `share_prefix`: run a batch's common prefix (few-shot examples)
+    once (`mansu_audit.evaluate`; same predictions in float32, 4-11x faster on few-shot prompts on the
+    CPU; off by default because in bf16 on a GPU it moved near-tie predictions), recorded in `prompting`.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer or None, not {limit!r}")
@@ -93,7 +96,9 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     chance = float(np.mean([1.0 / len(it.choices) for it in bundle.split(names[0])]))
     out = Evaluation(loaded.name, bundle.name, chance=chance,
                      prompting={**chat_template_record(loaded.tokenizer, chat_template),
-                                **({"truncate": truncate} if truncate else {}), "scoring": scoring}, notes=list(loaded.notes),
+                                **({"truncate": truncate} if truncate else {}),
+                                **({"share_prefix": True} if share_prefix else {}), "scoring": scoring},
+                     notes=list(loaded.notes),
                      limit=limit)
     variants = [(UNQUANTIZED, loaded.model)]
     for qname in dict.fromkeys(q for q in quantizers if q not in UNQUANTIZED_ALIASES):
@@ -104,7 +109,7 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
         for split in names:
             res = batcher.evaluate(m, loaded.tokenizer, bundle.split(split)[:limit], split=split, prompt_fn=prompt_fn,
                                    subject_line=bundle.subject_line, progress=progress, truncate=truncate,
-                                   scoring=scoring)
+                                   scoring=scoring, share_prefix=share_prefix)
             out.scores[qname][split] = SplitScore(res, accuracy_ci(res.correct.astype(np.float64), B=B, seed=seed))
     out.dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     out.batch_size = batcher.batch_size

@@ -22,9 +22,10 @@ Two levers reuse a key/value cache (models whose forward takes a cache and
   token is read at the context's last position. lm-eval instead runs one
   sequence per choice. Off, or when tokenisation merges across the boundary or
   an item was cut to fit the context, one sequence per choice.
-- `share_prefix` (default off, opt-in: API only): a batch's longest common
-  prefix (few-shot examples), if at least `MIN_SHARED_PREFIX` tokens and before
-  the first scored position, runs once and its cache is copied to every row;
+- `share_prefix` (default off; opt-in: `api.evaluate(share_prefix=True)`,
+  `mansu-audit evaluate --share-prefix`): a batch's longest common prefix
+  (few-shot examples), if at least `MIN_SHARED_PREFIX` tokens and before the
+  first scored position, runs once and its cache is copied to every row;
   sequences sharing a prefix are batched together (`_batches`).
 
 In float32 both give the plain path's predictions, and lm-eval's: log-likelihoods

@@ -14,7 +14,7 @@ import torch
 from mansu_audit.data import MCQItem
 from mansu_audit.evaluate import MIN_SHARED_PREFIX, evaluate_mcq
 
-from conftest import tiny_llama
+from conftest import small_bundle, tiny_llama
 
 ATOL = 1e-4  # float32 forwards of different shapes; measured at most 1.6e-5 on the reference model
 PLAIN = {"share_context": False, "share_prefix": False}
@@ -94,6 +94,42 @@ def test_share_prefix_equals_plain_on_few_shot_items(which, letters, tiny, ref_t
     finally:
         plain_tokens.handle.remove()
     assert counter.tokens < plain_tokens.tokens  # the common prefix ran once per batch
+
+
+def test_share_prefix_from_the_cli(tmp_path, monkeypatch, capsys):
+    """`mansu-audit evaluate --share-prefix` reaches the evaluator, is recorded in `prompting`, and gives the
+    same accuracies as without it on a few-shot bundle."""
+    import json
+
+    import mansu_audit.batching as batching
+    from mansu_audit.cli import main
+
+    root = small_bundle(tmp_path / "fewshot", n=12).root
+    for split in ("forget_eval", "retain_eval"):
+        path = root / f"{split}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        head = "".join(f"Question: {r['question']}\nAnswer: {r['choices'][r['answer']]}\n\n" for r in rows[:4])
+        for r in rows:
+            r["context"] = f"{head}Question: {r['question']}\nAnswer:"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+    real = batching.evaluate_mcq
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("share_prefix"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batching, "evaluate_mcq", spy)
+    outputs = []
+    for extra in ([], ["--share-prefix"]):
+        assert main(["evaluate", "--model", "reference", "--benchmark", str(root), "--scoring", "choice-text",
+                     "--json", "--quiet", *extra]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    half = len(seen) // 2  # one call per split and run
+    assert half >= 2 and seen == [False] * half + [True] * half
+    plain, shared = outputs
+    assert "share_prefix" not in plain["prompting"] and shared["prompting"]["share_prefix"] is True
+    assert shared["results"] == plain["results"]
 
 
 def test_groups_wider_than_the_batch_and_mixed_choice_counts(tiny, ref_tokenizer, bundle):
