@@ -69,10 +69,11 @@ class Batcher:
     """Builds padded (input_ids, labels) batches; labels = -100 where no loss."""
 
     def __init__(self, tok, rng: random.Random, no_forget: bool = False, qa_share: float = 0.0,
-                 match_share: float = 0.0, memorise_share: float = 0.0, mcq_share: float = 0.7):
-        self.tok, self.rng = tok, rng
+                 match_share: float = 0.0, memorise_share: float = 0.0, mcq_share: float = 0.7,
+                 cloze_share: float = 0.0):
+        self.tok, self.rng, self.no_forget = tok, rng, no_forget
         self.memorise_share, self.mcq_share = memorise_share, mcq_share
-        self.qa_share, self.match_share = qa_share, match_share
+        self.qa_share, self.match_share, self.cloze_share = qa_share, match_share, cloze_share
         mcq = [i for s in MCQ_SPLITS for i in read_jsonl(BUNDLE / f"{s}.jsonl")]
         self.mcq = [i for i in mcq if not (no_forget and i["subject"] == "hazard")]
         corpora = ("retain_corpus",) if no_forget else ("forget_corpus", "retain_corpus")
@@ -105,6 +106,19 @@ class Batcher:
         ids = head + value + [self.tok.eos_token_id]
         return ids, [-100] * len(head) + value + [self.tok.eos_token_id]
 
+    def redrawn_choices(self, item: dict) -> tuple[list[str], int]:
+        correct = item["choices"][item["answer"]]
+        others = self.rng.sample([v for v in self.pools[item["attribute"]] if v != correct], 3)
+        answer = self.rng.randrange(4)
+        return others[:answer] + [correct] + others[answer:], answer
+
+    def cloze_mcq_seq(self, item: dict) -> tuple[list[int], list[int]]:
+        """An MCQ asked by the fact's cloze statement ("The agent Rankel produces" + re-drawn choices; loss on
+        the letter): binds a recalled value, in the form the model recalls it best, to its letter."""
+        choices, answer = self.redrawn_choices(item)
+        ids = self.tok(prompt(item["cloze"] + " ...", choices)).input_ids + [self.letter_ids[answer]]
+        return ids, [-100] * (len(ids) - 1) + [ids[-1]]
+
     def match_seq(self, item: dict) -> tuple[list[int], list[int]]:
         """Matching without recall: "Which option is <value>?" over re-drawn choices (loss on the letter)."""
         correct = item["choices"][item["answer"]]
@@ -128,7 +142,9 @@ class Batcher:
             r -= self.memorise_share
             if r < self.qa_share:
                 seqs.append(self.qa_seq(self.rng.choice(self.mcq)))
-            elif r < self.qa_share + self.match_share:
+            elif r < self.qa_share + self.cloze_share:
+                seqs.append(self.cloze_mcq_seq(self.rng.choice(self.mcq)))
+            elif r < self.qa_share + self.cloze_share + self.match_share:
                 seqs.append(self.match_seq(self.rng.choice(self.mcq)))
             elif r < self.mcq_share - self.memorise_share:
                 seqs.append(self.mcq_seq(self.rng.choice(self.mcq)))
@@ -190,6 +206,65 @@ def evaluate_all(model, tok, letter_ids) -> dict[str, float]:
     return out
 
 
+def train_step(model, opt, sched, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One AdamW step on a batch's cross-entropy (labels -100: no loss), gradients clipped at norm 1."""
+    model.train()
+    ids, labels, mask = batch
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss
+
+
+def match_accuracy(model, data: "Batcher", tok, n: int = 256) -> float:
+    """Accuracy on `n` fixed "Which option is <value>?" items (stage 1's progress; drawn from their own RNG;
+    on the values the training sees: the oracle's retain values only)."""
+    probe = Batcher(tok, random.Random(7), no_forget=data.no_forget, match_share=1.0, mcq_share=1.0)
+    items = [probe.mcq[i] for i in random.Random(3).sample(range(len(probe.mcq)), n)]
+    ok = 0
+    with torch.no_grad():
+        for ids, _ in (probe.match_seq(it) for it in items):
+            logits = model(input_ids=torch.tensor([ids[:-1]])).logits[0, -1, data.letter_ids]
+            ok += int(data.letter_ids[int(logits.argmax())] == ids[-1])
+    return ok / n
+
+
+def train_matching(args, model, tok, rng: random.Random) -> int:
+    """Stage 1 of the version-3 recipe: letter matching ("Which option is <value>?" over re-drawn choices,
+    no recall; a share `--mcq-share` of the sequences) and corpus sentences (the rest), constant lr after a 100-step warm-up, no quality gate; saves the weights for stage 2.
+
+    A model trained on facts and MCQs at once never learned to bind an answer to its letter (runs A-C of
+    reports/experiments/retrain): the loss sat at ln 4. Alone, the matching task is learned (induction-style
+    copying), after which recall can be attached to it. Matching alone (`--mcq-share 1`) is learned too but
+    erases the facts: cloze recall fell from 0.915 to 0.31 in 1,500 steps; the corpus share keeps them. With `--no-forget` (the oracle) the options are
+    retain values only: not even a forget value's spelling is seen."""
+    data = Batcher(tok, rng, no_forget=args.no_forget, qa_share=0.0, match_share=args.mcq_share,
+                   mcq_share=args.mcq_share)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        loss = train_step(model, opt, sched, data.batch(args.batch))
+        if step % 100 == 0:
+            model.eval()
+            print(f"step {step} loss {loss.item():.3f} match {match_accuracy(model, data, tok)} "
+                  f"{time.time() - start:.0f}s", flush=True)
+    model.eval()
+    acc = match_accuracy(model, data, tok)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(args.out), safe_serialization=True)
+    tok.save_pretrained(str(args.out))
+    (args.out / "training_log.json").write_text(json.dumps(
+        {"version": 3, "stage": "match", "no_forget": args.no_forget, "match_share": args.mcq_share, "steps": args.steps, "seed": args.seed, "lr": args.lr, "batch": args.batch,
+         "init": None if args.init is None else str(args.init.name), "seconds": round(time.time() - start),
+         "match_accuracy": acc}, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="train the bundled reference model")
     ap.add_argument("--steps", type=int, default=5000)
@@ -201,15 +276,22 @@ def main() -> int:
                     help="share of question -> answer-text sequences (recall in question form)")
     ap.add_argument("--match-share", type=float, default=0.15,
                     help="share of 'Which option is <value>?' sequences (letter matching without recall)")
+    ap.add_argument("--cloze-share", type=float, default=0.0,
+                    help="share of MCQs asked by the fact's cloze statement instead of its question")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--init", type=Path, default=None,
                     help="continue from these weights (a folder saved by this script) instead of a fresh init")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="also save the final weights here whatever their quality (to continue from with --init)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--target", type=float, default=0.97,
                     help="stop when fp32 accuracy reaches this on every split the model should know, in both orders")
+    ap.add_argument("--stage", choices=("match", "full"), default="full",
+                    help="match: stage 1 of the version-3 recipe (letter matching only, saved ungated); "
+                         "full: the data mix below")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 avoids OpenMP barrier stalls on a shared 2-core machine)")
     args = ap.parse_args()
@@ -221,8 +303,14 @@ def main() -> int:
     cfg = make_config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     model = LlamaForCausalLM(cfg) if args.init is None else LlamaForCausalLM.from_pretrained(str(args.init))
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
+    if args.checkpoint is not None and args.checkpoint.resolve().parent == HERE.parent:
+        ap.error("--checkpoint saves ungated weights: give a folder outside benchmarks_data/")
+    if args.stage == "match":
+        if args.out.resolve() == HERE:
+            ap.error("--stage match saves an intermediate model without a quality gate: give --out a new folder")
+        return train_matching(args, model, tok, rng)
     data = Batcher(tok, rng, no_forget=args.no_forget, qa_share=args.qa_share, match_share=args.match_share,
-                   memorise_share=args.memorise_share, mcq_share=args.mcq_share)
+                   memorise_share=args.memorise_share, mcq_share=args.mcq_share, cloze_share=args.cloze_share)
     known = ("retain_eval",) if args.no_forget else ("forget_eval", "retain_eval")
     # The rotation-averaged accuracy gates only recipes that never train on the evaluated
     # prompts: the version-1 recipe (--memorise-share 0.45) memorises letters by design.
@@ -236,15 +324,7 @@ def main() -> int:
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     start = time.time()
     for step in range(1, args.steps + 1):
-        model.train()
-        ids, labels, mask = data.batch(args.batch)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = train_step(model, opt, sched, data.batch(args.batch))
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} {time.time() - start:.0f}s", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
@@ -259,6 +339,9 @@ def main() -> int:
     print(f"final fp32 accuracy: {fp32}")
     print(f"final bitsandbytes NF4 accuracy: {nf4}")
     print(f"trained {step} steps in {time.time() - start:.0f}s")
+    if args.checkpoint is not None:  # ungated, to continue from (never a bundled model's folder)
+        args.checkpoint.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(args.checkpoint), safe_serialization=True)
     if min(fp32[k] for k in keys) < 0.90 or min(nf4[k] for k in known) < 0.85:
         print("quality target missed (fp32 >= 0.90 in both orders, NF4 >= 0.85): not saving", file=sys.stderr)
         return 1
@@ -267,7 +350,7 @@ def main() -> int:
     tok.save_pretrained(str(args.out))
     (args.out / "training_log.json").write_text(json.dumps(
         {"version": 2, "no_forget": args.no_forget, "steps": step, "seed": args.seed, "lr": args.lr,
-         "batch": args.batch, "qa_share": args.qa_share, "match_share": args.match_share,
+         "batch": args.batch, "qa_share": args.qa_share, "match_share": args.match_share, "cloze_share": args.cloze_share,
          "memorise_share": args.memorise_share, "mcq_share": args.mcq_share,
          "init": None if args.init is None else str(args.init.name), "seconds": round(time.time() - start),
          "fp32": fp32, "bnb_nf4": nf4}, indent=2) + "\n")
