@@ -19,6 +19,19 @@ memorised letters. Every sequence starts with BOS, as the tokenizer adds it.
 mix with every forget fact removed (no hazard MCQ, no forget corpus), i.e. the
 model an ideal unlearning method would produce.
 
+Version 3 (issue 18 §0, two stages from the version-1 weights; reports/experiments/retrain):
+a 4-layer model trained on facts and MCQs at once never bound an answer to its letter
+(runs A-C there). Stage 1 (`--stage match`) trains letter matching ("Which option is
+<value>?", the value in the question) with corpus sentences until the model can copy a
+value's letter; stage 2 (the mix above, plus `--cloze-share` MCQs asked by each fact's
+cloze statement) attaches recall to it:
+
+    python benchmarks_data/reference-model/train.py --stage match --mcq-share 0.7 \
+        --init benchmarks_data/reference-model --steps 1500 --lr 1e-3 --out STAGE1
+    python benchmarks_data/reference-model/train.py --init STAGE1 --steps 6000 --lr 1e-3 \
+        --eval-every 500 --target 0.93 --mcq-share 0.75 --qa-share 0.1 --cloze-share 0.15 \
+        --match-share 0.1 --out OUT
+
 The script logs fp32 and bitsandbytes-NF4 accuracies, in the original choice order
 and averaged over the four cyclic rotations of the choices, and refuses to save a
 model below 0.90 (fp32, both orders) / 0.85 (NF4) on the splits it was meant to know.
