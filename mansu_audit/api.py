@@ -81,7 +81,7 @@ def evaluate(model: str | Path | LoadedModel, benchmark: str | Path | Bundle = "
     (None: $MANSU_THREADS, else the detected default; `mansu_audit.threads`), restored after.
     `limit`: evaluate only the first `limit` items of each split (lm-eval's `--limit`; for quick
     looks, recorded in the result). `share_prefix`: run a batch's common prefix (few-shot examples)
-    once (`mansu_audit.evaluate`; same predictions in float32, 4-11x faster on few-shot prompts on the
+    once (`mansu_audit.evaluate`; same predictions in float32, 2.6-4.0x faster on 4-shot prompts on the
     CPU; off by default because in bf16 on a GPU it moved near-tie predictions), recorded in `prompting`.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -46,7 +46,7 @@ from mansu_audit.attest import ATTESTATION_FILE, check_attestation
 from mansu_audit.certificate import (CERTIFICATE_FILE, RESULTS_FILE, Certificate, body_schema_version,
                                      guard_messages, read_certificate, read_document)
 from mansu_audit.details import details_sha256, read_details
-from mansu_audit.errors import InputError
+from mansu_audit.errors import InputError, first_line
 from mansu_audit.io import atomic_write_bytes, sha256_file
 from mansu_audit.plots import (COLOURS, Interval, RefLine, bar_chart, interval_chart, line_chart, series_colours,
                                slope_chart)
@@ -874,7 +874,16 @@ GLOSSARY: list[tuple[str, str, str]] = [
 def render_html(audits: Sequence[Audit], *, title: str, include_forget_text: bool = False,
                 extra_note: str | None = None) -> str:
     env = environment()
-    contexts = [audit_context(a, i, include_forget_text) for i, a in enumerate(audits)]
+    contexts = []
+    for i, a in enumerate(audits):
+        try:
+            contexts.append(audit_context(a, i, include_forget_text))
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+            # A body whose hash matches but whose structure is not what certify writes (edited and rehashed,
+            # or written by another tool): one line, no traceback.
+            raise InputError(f"certificate body has an unexpected structure ({type(exc).__name__}: "
+                             f"{first_line(exc)}); was it written by mansu-audit?",
+                             a.folder / CERTIFICATE_FILE) from None
     return env.get_template("report.html.j2").render(
         title=title, audits=contexts, overview=overview(audits), note=extra_note,
         include_forget_text=include_forget_text, top=contexts[0]["identity"], glossary=GLOSSARY)

@@ -119,6 +119,9 @@ def smollm2_path() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+MIN_ITEMS = 20  # fewest items per MCQ split for which every stage (attack/held-out split, probes) is defined
+
+
 def trimmed_bundle(items: int, folder: Path) -> Path:
     """A copy of synthhazard in `folder` whose MCQ splits hold their first `items` items."""
     src = BUNDLED_DATA / "synthhazard"
@@ -225,8 +228,9 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=None,
                     help="certify on the first N items of each MCQ split (default: every item)")
     args = ap.parse_args()
-    if args.items is not None and args.items < 1:
-        ap.error("--items must be at least 1")
+    if args.items is not None and args.items < MIN_ITEMS:
+        ap.error(f"--items must be at least {MIN_ITEMS} (the relearning attack splits forget_attack into attack "
+                 "and held-out items; the probes train on one part and test on the other)")
     if args.model == "smollm2":
         path = smollm2_path()
         if path is None:

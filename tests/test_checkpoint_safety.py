@@ -134,6 +134,28 @@ def test_shard_index_cannot_name_a_file_outside_the_folder(tiny_dir):
         assert "shard '../outside.safetensors' named in the index is not a file name in the folder" in _one_line(exc)
 
 
+def test_a_tensor_stored_in_two_shards_is_refused(tiny_dir):
+    """Two shards both holding one tensor: which copy wins would depend on read order, so the model loader
+    (headers) and the shard reader of bnb/GPTQ artifacts (`read_shard_tensors`) both refuse the folder."""
+    from mansu_audit.loading.checkpoint import read_shard_tensors
+
+    state = load_file(str(tiny_dir / "model.safetensors"))
+    (tiny_dir / "model.safetensors").unlink()
+    keys = sorted(state)
+    half = len(keys) // 2
+    twice = keys[half]  # in both shards
+    save_file({k: state[k] for k in keys[:half + 1]}, str(tiny_dir / "model-00001-of-00002.safetensors"))
+    save_file({k: state[k] for k in keys[half:]}, str(tiny_dir / "model-00002-of-00002.safetensors"))
+    weight_map = {k: f"model-0000{1 if i < half else 2}-of-00002.safetensors" for i, k in enumerate(keys)}
+    (tiny_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for call in (load_model, read_shard_tensors):
+        with pytest.raises(InputError) as exc:
+            call(tiny_dir)
+        msg = _one_line(exc)
+        assert f"tensor '{twice}' is stored twice (model-00001-of-00002.safetensors and here)" in msg
+        assert "model-00002-of-00002.safetensors" in msg
+
+
 # --------------------------------------------------------------------------- config.json
 
 def test_pre_quantized_checkpoint_is_refused(tiny_dir):

@@ -331,6 +331,26 @@ def test_edited_certificate_is_refused_and_edited_sidecar_not_shown(audit_dir, t
     assert not (copy / "index.html").exists()  # nothing half-written
 
 
+def test_rehashed_body_of_the_wrong_shape_is_one_line_exit_2(audit_dir, tmp_path, capsys):
+    """A body edited and rehashed (its SHA-256 matches) into a shape certify never writes: `report` says so
+    in one line naming the certificate, exit 2, no traceback and no HTML."""
+    from mansu_audit.certificate import body_sha256
+
+    out, _, _ = audit_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "index.html").unlink(missing_ok=True)
+    doc = json.loads((copy / "certificate.json").read_text())
+    doc["body"]["consistency"]["models"]["base"]["forget_eval"] = None  # the schema leaves rows open
+    doc["body_sha256"] = body_sha256(doc["body"])
+    (copy / "certificate.json").write_text(json.dumps(doc))
+    assert main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "certificate.json" in err and "unexpected structure" in err
+    assert not (copy / "index.html").exists()
+
+
 def test_report_command(audit_dir, tmp_path, capsys):
     out, _, _ = audit_dir
     assert main(["report", str(out), "--out", str(tmp_path / "x.html")]) == 0

@@ -134,11 +134,8 @@ class Batcher:
 
     def match_seq(self, item: dict) -> tuple[list[int], list[int]]:
         """Matching without recall: "Which option is <value>?" over re-drawn choices (loss on the letter)."""
-        correct = item["choices"][item["answer"]]
-        others = self.rng.sample([v for v in self.pools[item["attribute"]] if v != correct], 3)
-        answer = self.rng.randrange(4)
-        choices = others[:answer] + [correct] + others[answer:]
-        ids = self.tok(prompt(f"Which option is {correct}?", choices)).input_ids + [self.letter_ids[answer]]
+        choices, answer = self.redrawn_choices(item)
+        ids = self.tok(prompt(f"Which option is {choices[answer]}?", choices)).input_ids + [self.letter_ids[answer]]
         return ids, [-100] * (len(ids) - 1) + [ids[-1]]
 
     def corpus_seq(self, text: str) -> tuple[list[int], list[int]]:
@@ -278,6 +275,11 @@ def train_matching(args, model, tok, rng: random.Random) -> int:
     return 0
 
 
+# Options of the full data mix that stage 1 (`--stage match`) does not use: giving one there is an error.
+STAGE_FULL_ONLY = ("memorise_share", "qa_share", "match_share", "cloze_share", "checkpoint",
+                   "eval_every", "target")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="train the bundled reference model")
     ap.add_argument("--steps", type=int, default=5000)
@@ -311,17 +313,29 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.checkpoint is not None and args.checkpoint.resolve().parent == HERE.parent:
+        ap.error("--checkpoint saves ungated weights: give a folder outside benchmarks_data/")
+    if args.stage == "match":
+        if args.out.resolve().parent == HERE.parent:
+            ap.error("--stage match saves an intermediate model without a quality gate: give --out a folder "
+                     "outside benchmarks_data/")
+        unused = [f"--{n.replace('_', '-')}" for n in STAGE_FULL_ONLY if getattr(args, n) != ap.get_default(n)]
+        if unused:
+            ap.error(f"--stage match trains letter matching and corpus only; it does not use {', '.join(unused)}")
+    elif args.qa_share + args.cloze_share + args.match_share > args.mcq_share - args.memorise_share + 1e-9:
+        ap.error("--qa-share + --cloze-share + --match-share must fit in --mcq-share minus --memorise-share "
+                 "(the rest of the MCQ share is plain MCQs with re-drawn choices)")
     rng = random.Random(args.seed)
     tok = AutoTokenizer.from_pretrained(str(HERE))
     cfg = make_config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     model = LlamaForCausalLM(cfg) if args.init is None else LlamaForCausalLM.from_pretrained(str(args.init))
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
-    if args.checkpoint is not None and args.checkpoint.resolve().parent == HERE.parent:
-        ap.error("--checkpoint saves ungated weights: give a folder outside benchmarks_data/")
     if args.stage == "match":
-        if args.out.resolve() == HERE:
-            ap.error("--stage match saves an intermediate model without a quality gate: give --out a new folder")
         return train_matching(args, model, tok, rng)
+    # Version 3 is stage 2 continuing a stage-1 (`--stage match`) model; its training log says so.
+    init_log = None if args.init is None else args.init / "training_log.json"
+    init_stage = (json.loads(init_log.read_text()).get("stage") if init_log is not None and init_log.is_file()
+                  else None)
     data = Batcher(tok, rng, no_forget=args.no_forget, qa_share=args.qa_share, match_share=args.match_share,
                    memorise_share=args.memorise_share, mcq_share=args.mcq_share, cloze_share=args.cloze_share)
     known = ("retain_eval",) if args.no_forget else ("forget_eval", "retain_eval")
@@ -362,7 +376,8 @@ def main() -> int:
     model.save_pretrained(str(args.out), safe_serialization=True)
     tok.save_pretrained(str(args.out))
     (args.out / "training_log.json").write_text(json.dumps(
-        {"version": 2, "no_forget": args.no_forget, "steps": step, "seed": args.seed, "lr": args.lr,
+        {"version": 3 if init_stage == "match" else 2, "stage": "full", "init_stage": init_stage,
+         "no_forget": args.no_forget, "steps": step, "seed": args.seed, "lr": args.lr,
          "batch": args.batch, "qa_share": args.qa_share, "match_share": args.match_share, "cloze_share": args.cloze_share,
          "memorise_share": args.memorise_share, "mcq_share": args.mcq_share,
          "init": None if args.init is None else str(args.init.name), "seconds": round(time.time() - start),
