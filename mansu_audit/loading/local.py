@@ -22,6 +22,9 @@ BUNDLED_MODELS = {
     "reference": BUNDLED_DATA / "reference-model",
     "reference-nf4grid": BUNDLED_DATA / "reference-nf4grid",
     "reference-oracle": BUNDLED_DATA / "reference-oracle",
+    # Version 3 (issue 18 §0): knows the facts in any choice order; its oracle never saw the forget facts.
+    "reference-v3": BUNDLED_DATA / "reference-v3",
+    "reference-v3-oracle": BUNDLED_DATA / "reference-v3-oracle",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",
