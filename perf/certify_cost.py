@@ -119,7 +119,7 @@ def smollm2_path() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-MIN_ITEMS = 20  # fewest items per MCQ split for which every stage (attack/held-out split, probes) is defined
+MIN_ITEMS = 20  # fewest items per MCQ split for which every stage (attack, held-out items, probes) is defined
 
 
 def trimmed_bundle(items: int, folder: Path) -> Path:
@@ -229,8 +229,8 @@ def main() -> int:
                     help="certify on the first N items of each MCQ split (default: every item)")
     args = ap.parse_args()
     if args.items is not None and args.items < MIN_ITEMS:
-        ap.error(f"--items must be at least {MIN_ITEMS} (the relearning attack splits forget_attack into attack "
-                 "and held-out items; the probes train on one part and test on the other)")
+        ap.error(f"--items must be at least {MIN_ITEMS} (the relearning attack and the probes train on "
+                 "forget_attack's items and are tested on forget_eval's; each needs a few)")
     if args.model == "smollm2":
         path = smollm2_path()
         if path is None:
