@@ -45,6 +45,7 @@ from typing import Sequence
 from mansu_audit.attest import ATTESTATION_FILE, check_attestation
 from mansu_audit.certificate import (CERTIFICATE_FILE, RESULTS_FILE, Certificate, body_schema_version,
                                      guard_messages, read_certificate, read_document)
+from mansu_audit.crosscheck import BASE_KEY as CROSS_BASE_KEY, CAND_KEY as CROSS_CAND_KEY, SINCE_VERSION
 from mansu_audit.details import details_sha256, read_details
 from mansu_audit.errors import InputError, first_line
 from mansu_audit.io import atomic_write_bytes, sha256_file
@@ -670,11 +671,10 @@ def formulations_view(body: dict) -> dict | None:
     cross = None
     if isinstance(cross_rec, dict):
         stats = cross_rec.get("statistics") or {}
-        unq = unquantized_name(body)
         cross = {"scoring": cross_rec.get("scoring"), "reason": cross_rec.get("reason"),
                  "requested": cross_rec.get("requested"), "split": cross_rec.get("split"),
                  "informative": cross_rec.get("informative"), "verdict": cross_rec.get("verdict_F"),
-                 "base": stats.get(f"acc[base/{unq}]"), "candidate": stats.get(f"acc[candidate/{unq}]"),
+                 "base": stats.get(f"acc[{CROSS_BASE_KEY}]"), "candidate": stats.get(f"acc[{CROSS_CAND_KEY}]"),
                  "D_F": stats.get("D_F"), "n": len((cross_rec.get("per_item") or {}).get("ids") or [])}
     rows, flags, note = [], [], None
     if isinstance(cons, dict):
@@ -745,7 +745,7 @@ def audit_context(audit: Audit, index: int, include_forget_text: bool) -> dict:
             "quantizer_colours": series_colours(_quantizers(body)),
             "accuracy_rows": accuracy_rows(body), "diagnostics": diagnostics_view(audit.details),
             "circuit": circuit_view(body, audit.sidecar, audit.details), "recovery": recovery_view(body),
-            "formulations": formulations_view(body),
+            "formulations": formulations_view(body), "cross_since": ".".join(map(str, SINCE_VERSION)),
             "worst": worst_item_lists(body, audit.sidecar, include_forget_text),
             "sidecar_status": audit.sidecar_status, "provenance": provenance(audit),
             "policy": body["policy"]["values"], "splits": body["benchmark"]["splits"]}

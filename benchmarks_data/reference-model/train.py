@@ -108,11 +108,8 @@ class Batcher:
         if as_evaluated:  # the version-1 recipe: the item's own prompt (memorisable letter)
             ids = self.tok(prompt(item["question"], item["choices"])).input_ids + [self.letter_ids[item["answer"]]]
             return ids, [-100] * (len(ids) - 1) + [ids[-1]]
-        correct = item["choices"][item["answer"]]
         while True:
-            others = self.rng.sample([v for v in self.pools[item["attribute"]] if v != correct], 3)
-            answer = self.rng.randrange(4)
-            choices = others[:answer] + [correct] + others[answer:]
+            choices, answer = self.redrawn_choices(item)
             if choices != item["choices"]:  # never the evaluated prompt itself
                 break
         ids = self.tok(prompt(item["question"], choices)).input_ids + [self.letter_ids[answer]]

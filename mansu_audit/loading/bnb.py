@@ -108,11 +108,6 @@ def _bnb_version() -> str:
         return "absent"
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    weight_files(folder)  # InputError when the folder has no safetensors weights
-    return read_shard_tensors(folder)[0]
-
-
 def dequantize_bnb_state(tensors: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
     """Stored tensors of a bitsandbytes checkpoint -> {parameter name: float32 tensor} (CPU)."""
     import bitsandbytes.functional as bnbf  # a core dependency
@@ -160,6 +155,6 @@ def load_bnb_artifact(folder: str | Path, like: torch.nn.Module, record: dict | 
     `record`: its `bnb_artifact_record` when the caller already has it (saves hashing the files again)."""
     folder = Path(folder)
     record = record or bnb_artifact_record(folder)
-    state = dequantize_bnb_state(_read_tensors(folder), folder)
+    state = dequantize_bnb_state(read_shard_tensors(folder)[0], folder)
     model = load_artifact_weights(copy.deepcopy(like), state, folder)
     return BnbArtifact(model, record)

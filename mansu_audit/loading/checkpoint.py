@@ -114,12 +114,15 @@ def shard_files(folder: Path) -> list[Path]:
 
 def read_shard_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """Every tensor stored in a folder's safetensors shards (`shard_files`) and the file holding it (CPU);
-    InputError for an unreadable file or a tensor stored twice."""
+    InputError for a folder without safetensors weights, an unreadable file or a tensor stored twice."""
     from safetensors import safe_open
 
+    shards = shard_files(folder)
+    if not shards:
+        raise InputError(f"no {SAFE_WEIGHTS} or {SAFE_INDEX} (safetensors only)", folder)
     tensors: dict[str, torch.Tensor] = {}
     files: dict[str, Path] = {}
-    for path in shard_files(folder):
+    for path in shards:
         try:
             with safe_open(str(path), framework="pt") as reader:
                 keys = list(reader.keys())

@@ -62,7 +62,7 @@ import torch
 from mansu_audit.architecture import is_linear, linear_weight
 from mansu_audit.errors import InputError
 from mansu_audit.io import read_json
-from mansu_audit.loading.bnb import weight_files, folder_digest
+from mansu_audit.loading.bnb import folder_digest
 from mansu_audit.loading.checkpoint import StoredTensor, load_artifact_weights, read_shard_tensors, safetensors_header
 
 FORMATS = ("gptq", "gptq_v2")  # "gptq" = v1: zeros stored minus one
@@ -173,12 +173,6 @@ def dequantize_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.T
     return ((q - z[g]).to(torch.float32) * scales.to(torch.float32)[g]).t().contiguous()
 
 
-def _read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """Every stored tensor and the file holding it (safetensors only)."""
-    weight_files(folder)  # InputError when the folder has no safetensors weights
-    return read_shard_tensors(folder)
-
-
 def _by_layer(entries: dict) -> dict[str, dict]:
     """{layer prefix: {part: entry}} of the `PARTS` tensors among `entries` (keyed '<prefix>.<part>')."""
     layers: dict[str, dict] = {}
@@ -274,6 +268,6 @@ def load_gptq_artifact(folder: str | Path, like: torch.nn.Module, record: dict |
     folder = Path(folder)
     record = record or gptq_artifact_record(folder)
     fmt = GptqFormat(**{k: record[k] for k in ("bits", "group_size", "sym", "desc_act", "checkpoint_format")})
-    tensors, files = _read_tensors(folder)
+    tensors, files = read_shard_tensors(folder)
     state = dequantize_gptq_state(tensors, files, like, fmt)
     return GptqArtifact(load_artifact_weights(copy.deepcopy(like), state, folder), record)
