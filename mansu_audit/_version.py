@@ -1,2 +1,2 @@
 """The suite version: one place, read by pyproject.toml (setuptools dynamic) and the code."""
-__version__ = "0.3.0"
+__version__ = "0.4.0"

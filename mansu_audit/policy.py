@@ -52,13 +52,13 @@ class Policy:
     # rate, and the fraction of forget items used as attack items (the rest are held out).
     # 10 steps at 3e-4 (batch 16) bring a suppressed model's answers back (0.005 -> 0.72) while
     # the oracle stays at chance (0.23 -> 0.24) and `reference` keeps its accuracy (0.998 -> 0.98);
-    # the measurements are in mansu_audit.recovery's docstring.
+    # measured on the version-1 models; the measurements (and version 3's) are in mansu_audit.recovery's docstring.
     relearn_steps: int = 10
     relearn_lr: float = 3e-4
     relearn_fraction: float = 0.10
     # Choice order of the attack examples: "as-given" (fine-tune on the forget data as the bundle
     # states it, the relearning literature's attack) or "redrawn" (a new order per example per
-    # step). "redrawn" destroys letter-memorised answers instead of relearning them (on `reference`
+    # step). "redrawn" destroys letter-memorised answers instead of relearning them (on `reference-v1`
     # at lr 1e-3: 0.998 -> 0.27 held out), so it is not the default; see mansu_audit.recovery.
     relearn_choice_order: str = "as-given"
     # Permutation-consistency flag (mansu_audit.consistency; reported, not gating): a model is

@@ -27,14 +27,20 @@ attack are therefore always in the same precision.
 
 Budget (policy defaults `relearn_steps` 10, `relearn_lr` 3e-4, batch 16, "as-given").
 Measured on CPU with the bundled synthhazard v2 (120 `forget_attack` items; the
-420 `forget_eval` items held out), held-out accuracy at steps 0/10/20/30 of one
+420 `forget_eval` items held out) on the version-1 models (`reference-v1`, the
+default when the budget was chosen), held-out accuracy at steps 0/10/20/30 of one
 30-step attack (AdamW, batch 16, "as-given"):
 
     model                                     lr 1e-4          lr 3e-4                   lr 1e-3
     ("a .. b": steps 0 and 30 only)
-    reference                                 0.998 .. 0.990   0.998/0.981/0.948/0.917   -
-    reference-oracle (never saw the facts)    0.226 .. 0.243   0.226/0.243/0.260/0.267   0.226/0.219/0.271/0.236
+    reference-v1                              0.998 .. 0.990   0.998/0.981/0.948/0.917   -
+    reference-v1-oracle (never saw the facts) 0.226 .. 0.243   0.226/0.243/0.260/0.267   0.226/0.219/0.271/0.236
     suppressed (last block answers wrongly)   0.005 .. 0.226   0.005/0.719/0.693/0.579   0.005/0.324/0.486/0.443
+
+On version 3 (the default `reference` since 0.4.0) the same default budget keeps
+the separation: the oracle's held-out accuracy after the attack is 0.252 (recovered
+fraction -0.016 [-0.079, +0.041]), and the panel's rows are in
+reports/experiments/panel.
 
 ("suppressed": scripts/verdict_panel.py `build_suppressed`, forget_eval 0.005,
 retain_eval 0.991.) At lr 3e-4 and 10 steps (~1.3 passes over the attack items)

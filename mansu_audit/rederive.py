@@ -39,8 +39,8 @@ from mansu_audit.crosscheck import version_tuple
 from mansu_audit.desiderata import split_statistics, variant_keys
 from mansu_audit.policy import Policy
 from mansu_audit.stats import Estimate
-from mansu_audit.verdicts import (GuardFinding, K_AFTER, K_BASE, K_BEFORE, SplitItems, cross_informative,
-                                  cross_verdict, decide, guard_findings, k_statistics)
+from mansu_audit.verdicts import (GuardFinding, K_AFTER, K_BASE, K_BEFORE, S_CEILING_SINCE, SplitItems,
+                                  cross_informative, cross_verdict, decide, guard_findings, k_statistics)
 
 ATOL = 1e-9
 ESTIMATE_FIELDS = ("point", "low", "high", "se", "mde", "n", "B", "seed", "level", "method")
@@ -199,7 +199,8 @@ def _rederive(body: Mapping) -> list[str]:
     control = None if ctrl_rec is None else Estimate.from_dict(ctrl_rec)
     decision = decide(stats["forget_eval"], stats["retain_eval"], quantizers, policy, chance=chance, cad=cad,
                       cad_control=control, relearn=k_stats, guard=guard, rules=rules, cross=cross,
-                      cross_scoring=cross_mode)
+                      cross_scoring=cross_mode,
+                      s_ceiling=version_tuple(body.get("suite", {}).get("version", "")) >= S_CEILING_SINCE)
     recorded = body["desiderata"]
     for name in sorted(set(recorded) | set(decision.verdicts)):
         rec, der = recorded.get(name), decision.verdicts.get(name)

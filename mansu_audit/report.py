@@ -52,6 +52,7 @@ from mansu_audit.io import atomic_write_bytes, sha256_file
 from mansu_audit.plots import (COLOURS, Interval, RefLine, bar_chart, interval_chart, line_chart, series_colours,
                                slope_chart)
 from mansu_audit.resources import bundled_data_dir, templates_dir
+from mansu_audit.verdicts import CAD_CEILING
 
 REPORT_FILE = "index.html"
 TEMPLATE_DIR = templates_dir()
@@ -90,7 +91,8 @@ RULES: dict[tuple[str, str | None], Rule] = {
                                      " (or, if INCONCLUSIVE, quantized forget accuracy within chance ± "
                                      "{chance_margin:g})"),
     ("S", None): Rule("structural erasure (CAD)", "at_least", "PASS needs the lower {lvl} bound ≥ {t}",
-                      " and above the random-circuit control"),
+                      " and above the random-circuit control (from suite 0.4.0: if both lie within 1 ± "
+                      f"{CAD_CEILING:g}, K's PASS decides)"),
     ("K", None): Rule("knowledge not recoverable by relearning", "at_most",
                       "PASS needs the upper {lvl} bound ≤ {t}"),
 }

@@ -61,6 +61,19 @@ S (structural erasure): CAD, PASS if CAD.low >= `min_cad` *and* CAD.low > the
   threshold; the paired difference cannot be formed because per-item CAD values
   are not stored). Without a control S cannot PASS (INCONCLUSIVE). FAIL if
   CAD.high < `min_cad`.
+  Ceiling (certificates of suite version >= `S_CEILING_SINCE`): when CAD and the
+  control both lie within 1 ± `CAD_CEILING` (CI bounds included), the candidate
+  attributes nothing to the answer anywhere: no circuit can out-change a random
+  one, because there is nothing left to lose. A model that never knew the facts
+  lands here (the version-3 `reference-oracle`: CAD +0.999 [+0.996, +1.004], control
+  +1.019 [+0.994, +1.051]; its answer metric is -0.32 clean vs -0.28 corrupted,
+  against the base's 12.0 vs 0.27), and so would a model that flattens its output
+  while keeping the facts upstream: CAD cannot tell them apart here. S then defers to
+  K, which can: PASS if K PASSes (relearning does not bring the knowledge back),
+  INCONCLUSIVE otherwise (K FAIL, INCONCLUSIVE or not computed). 0.1 keeps out the
+  wide intervals of the suppressed models that motivated the control (CAD +0.85
+  [+0.57, +1.10] with control +1.43 [+0.40, +2.62]; CAD +0.57 [+0.26, +0.87]): only a
+  precisely measured total loss of attribution qualifies.
 K (knowledge not recoverable by relearning): recovered fraction on held-out forget
   items RF_K = (A_after − A_cand) / (A_base − A_cand), paired bootstrap over items
   (`k_statistics`). PASS if RF_K.high <= `max_recovery`, FAIL if RF_K.low > it.
@@ -117,6 +130,8 @@ class Outcome(str, Enum):
 PASS, FAIL, INCONCLUSIVE, NOT_COMPUTED = Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE, Outcome.NOT_COMPUTED
 SEVERITY = {PASS: 0, NOT_COMPUTED: 1, INCONCLUSIVE: 1, FAIL: 2}
 DEFAULT_REQUIRED = ("F", "R", "Q", "S")
+CAD_CEILING = 0.1  # S's ceiling: CAD and control both within 1 ± this (module docstring)
+S_CEILING_SINCE = (0, 4, 0)  # certificates of this suite version and later are decided with S's ceiling rule
 UNQUANTIZED = "unquantized"  # the variant label of the model as loaded (its dtype is recorded beside it)
 BASE, CANDIDATE = "base", "candidate"
 # Per-item vectors of the relearning attack on held-out forget items (K).
@@ -251,8 +266,16 @@ def q_verdict(q: str, forget: Mapping[str, Estimate], policy: Policy, chance: fl
     return v
 
 
-def s_verdict(cad: Estimate | None, control: Estimate | None, policy: Policy, rules: int = 2) -> Verdict:
-    """S from CAD and the random-circuit control (rule in the module docstring)."""
+def at_cad_ceiling(cad: Estimate, control: Estimate) -> bool:
+    """Both CAD and its random-circuit control lie within 1 ± CAD_CEILING, bounds included (S's ceiling)."""
+    return all(np.isfinite(e.low) and np.isfinite(e.high) and 1 - CAD_CEILING <= e.low and e.high <= 1 + CAD_CEILING
+               for e in (cad, control))
+
+
+def s_verdict(cad: Estimate | None, control: Estimate | None, policy: Policy, rules: int = 2,
+              k: Verdict | None = None, ceiling: bool = False) -> Verdict:
+    """S from CAD and the random-circuit control, and at the ceiling (`ceiling`: the rule applies) from K
+    (rule in the module docstring)."""
     if cad is None:
         return Verdict("S", NOT_COMPUTED, "CAD", None, policy.min_cad, "CAD not computed")
     v = verdict_at_least(cad, policy.min_cad)
@@ -266,6 +289,15 @@ def s_verdict(cad: Estimate | None, control: Estimate | None, policy: Policy, ru
         return Verdict("S", v, "CAD", cad, policy.min_cad, reason)
     reason = f"random-circuit control CAD {_fmt_ci(control)}"
     if v == PASS and not (np.isfinite(control.point) and cad.low > control.point):
+        if ceiling and at_cad_ceiling(cad, control):
+            gone = (f"no attribution to the answer left anywhere: CAD and the random-circuit control "
+                    f"{_fmt_ci(control)} both lie within 1 ± {CAD_CEILING}, so no circuit can out-change a random "
+                    f"one and CAD cannot tell erasure from a flattened output")
+            if k is not None and k.verdict == PASS:
+                return Verdict("S", PASS, "CAD", cad, policy.min_cad,
+                               f"{gone}; K PASS decides: relearning does not bring the knowledge back")
+            return Verdict("S", INCONCLUSIVE, "CAD", cad, policy.min_cad,
+                           f"{gone}; K decides and is {k.verdict if k is not None else 'not computed'}")
         return Verdict("S", INCONCLUSIVE, "CAD", cad, policy.min_cad,
                        f"circuit CAD does not exceed the control: lower bound {cad.low:+.3f} <= control "
                        f"{control.point:+.3f}; {reason}")
@@ -465,12 +497,14 @@ def cross_f_verdict(f: Verdict, cross: Mapping[str, Estimate], policy: Policy, c
 def decide(forget: Mapping[str, Estimate], retain: Mapping[str, Estimate], quantizers: Sequence[str],
            policy: Policy, *, chance: float, cad: Estimate | None = None, cad_control: Estimate | None = None,
            relearn: Mapping[str, Estimate] | None = None, guard: Sequence[GuardFinding] = (),
-           rules: int = 2, cross: Mapping[str, Estimate] | None = None, cross_scoring: str = "") -> Decision:
+           rules: int = 2, cross: Mapping[str, Estimate] | None = None, cross_scoring: str = "",
+           s_ceiling: bool = True) -> Decision:
     """Every verdict from the statistics, the policy and the guard findings (module docstring).
 
     `forget` needs D_F, KR and, per quantizer q, G_Q[q], recovery_fraction[q] and
     acc[candidate/q]; `retain` needs D_R; `relearn` is `k_statistics(...)` or None;
-    `cross` (`crosscheck.cross_statistics`, scored `cross_scoring`) makes F the worse of both formulations.
+    `cross` (`crosscheck.cross_statistics`, scored `cross_scoring`) makes F the worse of both formulations;
+    `s_ceiling` applies S's ceiling rule (certificates written before `S_CEILING_SINCE` are re-derived without).
     """
     quantizers = tuple(quantizers)
     verdicts: dict[str, Verdict] = {}
@@ -483,9 +517,10 @@ def decide(forget: Mapping[str, Estimate], retain: Mapping[str, Estimate], quant
     verdicts["R"] = Verdict("R", verdict_at_most(d_r, policy.max_retain_drop), "D_R", d_r, policy.max_retain_drop)
     for q in quantizers:
         verdicts[f"Q[{q}]"] = q_verdict(q, forget, policy, chance, rules)
-    verdicts["S"] = s_verdict(cad, cad_control, policy, rules)
-    if relearn is not None:
-        verdicts["K"] = k_verdict(relearn, policy)
+    k = k_verdict(relearn, policy) if relearn is not None else None
+    verdicts["S"] = s_verdict(cad, cad_control, policy, rules, k=k, ceiling=s_ceiling and rules >= 2)
+    if k is not None:
+        verdicts["K"] = k
 
     for g in guard:  # the guard caps verdicts: its target is forced to FAIL; scope "all" caps every PASS
         reason = g.message

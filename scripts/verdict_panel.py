@@ -110,11 +110,13 @@ def build_suppressed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, l
 
     def stop():
         f, r = _accuracy(model, reference, bundle, "forget_eval"), _accuracy(model, reference, bundle, "retain_eval")
-        hidden = f <= 0.01 if letters == "next" else f <= 0.32
+        hidden = f <= 0.01 if letters == "next" else 0.23 <= f <= 0.30
         return hidden and r >= 0.95, f"forget_eval {f:.3f}, retain_eval {r:.3f}"
 
+    # random letters: forget accuracy wanders on its way down (version 3: 0.38 -> 0.51 -> 0.31 -> 0.20 within 75
+    # steps), so it is checked every 5 steps and the window is 0.23-0.30, not merely "at most 0.32"
     _train(model, list(last.parameters()), examples, pad_token_id(reference.tokenizer), steps=max_steps, lr=lr,
-           batch=64, seed=seed, stop=stop, log=log)
+           batch=64, seed=seed, stop=stop, log=log, check_every=25 if letters == "next" else 5)
     for p in model.parameters():
         p.requires_grad_(True)
     return LoadedModel(model, reference.tokenizer, "suppressed" if letters == "next" else "chance-suppressed", None)
@@ -139,7 +141,10 @@ def build_collapsed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, lr
     return LoadedModel(model, reference.tokenizer, "collapsed", None)
 
 
-GA_NF4GRID = {"lr": 1.5e-4, "steps": 60}  # measured: forget fp32 0.733, NF4 0.983 (retain 0.830, 0.985)
+# Measured on version 3 (the default since 2026-12-01): forget fp32 0.564, NF4 0.829 (retain 0.602, 0.835).
+# lr 2.5e-4 forgets only 0.08 and 4e-4 collapses both splits to chance. On version 1 the setting was lr 1.5e-4
+# (forget fp32 0.733, NF4 0.983), which on version 3 forgets nothing (0.981).
+GA_NF4GRID = {"lr": 3e-4, "steps": 60}
 
 
 def build_ga_nf4grid(bundle: Bundle, *, seed: int = 0, settings: dict | None = None) -> LoadedModel:

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from mansu_audit.data import BUNDLED_DATA, load_bundle
+from mansu_audit.loading.local import BUNDLED_MODELS
 
 torch.set_num_threads(max(1, int(os.environ.get("MANSU_TEST_THREADS", "2"))))
-REFERENCE_DIR = BUNDLED_DATA / "reference-model"
+REFERENCE_DIR = BUNDLED_MODELS["reference"]
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,

@@ -320,6 +320,27 @@ def test_s_requires_the_circuit_to_beat_the_random_control():
     assert s_verdict(None, None, pol).verdict == NOT_COMPUTED
 
 
+
+def test_s_at_the_ceiling_defers_to_k():
+    """CAD and control both within 1 ± 0.1: the candidate attributes nothing anywhere, so the control cannot be
+    beaten; S then takes K's PASS and nothing else. Wide intervals that merely contain 1 do not qualify."""
+    from mansu_audit.verdicts import Verdict, s_verdict
+
+    pol = Policy()
+    k = {v: Verdict("K", v, "recovered_fraction", est(0.0, -0.05, 0.05), 0.25) for v in (PASS, FAIL, INCONCLUSIVE)}
+    oracle = (est(0.999, 0.996, 1.004), est(1.019, 0.994, 1.051))  # version-3 reference-oracle
+    passed = s_verdict(*oracle, pol, k=k[PASS], ceiling=True)
+    assert passed.verdict == PASS and "K PASS decides" in passed.reason
+    for other in (k[FAIL], k[INCONCLUSIVE], None):
+        assert s_verdict(*oracle, pol, k=other, ceiling=True).verdict == INCONCLUSIVE
+    assert s_verdict(*oracle, pol, k=k[PASS], ceiling=False).verdict == INCONCLUSIVE  # certificates before 0.4.0
+    assert s_verdict(*oracle, pol, k=k[PASS], ceiling=True, rules=1).verdict == PASS  # schema 1: no control at all
+    # the suppressed models: intervals contain 1 but are wide, so the ceiling does not apply even with K PASS
+    assert s_verdict(est(0.85, 0.57, 1.10), est(1.43, 0.40, 2.62), pol, k=k[PASS], ceiling=True).verdict == INCONCLUSIVE
+    assert s_verdict(est(0.999, 0.996, 1.004), est(1.08, 0.95, 1.21), pol, k=k[PASS],
+                     ceiling=True).verdict == INCONCLUSIVE  # a control that reaches past 1.1 argues against
+
+
 def relearn_vectors(n, base, before, after, seed=0):
     """Held-out vectors with the given accuracies: 'after' keeps the items 'before' had and adds more."""
     rng = np.random.default_rng(seed)

@@ -246,9 +246,9 @@ def test_int8_codes_match_deployed_bitsandbytes():
 def _reference_mlp_weights() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from mansu_audit.data import BUNDLED_DATA
+    from mansu_audit.loading.local import BUNDLED_MODELS
 
-    path = BUNDLED_DATA / "reference-model" / "model.safetensors"
+    path = BUNDLED_MODELS["reference"] / "model.safetensors"
     if not path.is_file():
         pytest.skip("reference model weights not built")
     return {k: v for k, v in load_file(str(path)).items() if ".mlp." in k and k.endswith(".weight")}

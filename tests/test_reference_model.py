@@ -51,17 +51,19 @@ def _accuracy_with_mlps_zeroed(reference, items, layer_ids) -> float:
 
 
 def test_knowledge_lives_in_decoder_mlps(reference, bundle, accuracies):
-    """Zeroing decoder MLP outputs sends forget accuracy toward chance (0.25): the facts are in
+    """Zeroing decoder MLP outputs sends forget accuracy to chance (0.25): the facts are in
     weights that quantizers and unlearning methods touch, not in the full-precision embeddings.
 
-    Measured: all four MLPs zeroed -> 0.38; layer 0's MLP alone -> 0.37; layers 1-2 (the
-    "middle") -> 0.98. This model stores its facts in the first MLP, not the middle ones
-    (a 4-layer model composes the entity tokens early); see the closing notes.
+    Measured on version 3 (the default `reference`, 0.988 on forget_eval): all four MLPs
+    zeroed -> 0.255; layer 0's MLP alone -> 0.574, layer 2's alone -> 0.655, layer 1's or
+    layer 3's -> 0.97-0.99. Version 1 kept its facts in layer 0 alone (0.37 with it zeroed,
+    0.98-0.995 with any other); its second training stage (recall bound to the answer
+    letter, reports/experiments/retrain) spread them over layers 0 and 2.
     """
     items = bundle.split("forget_eval")
     everything = _accuracy_with_mlps_zeroed(reference, items, range(len(reference.model.model.layers)))
-    first = _accuracy_with_mlps_zeroed(reference, items, [0])
     assert accuracies["forget_eval"] - everything >= 0.5 and everything <= 0.45
-    assert accuracies["forget_eval"] - first >= 0.5
+    for layer in (0, 2):
+        assert accuracies["forget_eval"] - _accuracy_with_mlps_zeroed(reference, items, [layer]) >= 0.25, layer
     # hooks removed: the model is unchanged
     assert evaluate_mcq(reference.model, reference.tokenizer, items).accuracy == accuracies["forget_eval"]

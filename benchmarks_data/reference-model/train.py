@@ -32,18 +32,19 @@ cloze statement) attaches recall to it:
         --eval-every 500 --target 0.93 --mcq-share 0.75 --qa-share 0.1 --cloze-share 0.15 \
         --match-share 0.1 --out benchmarks_data/reference-v3
 
-`reference-v3` stopped at its target at step 6,000 (cosine schedule over 8,000). The oracle,
-`reference-v3-oracle`, is the same two commands with `--no-forget`, stage 1 from
-`benchmarks_data/reference-oracle`; its stage 2 was ended with `kill -USR1` at step 3,000,
+`reference-v3` (the bundled `reference` since suite 0.4.0) stopped at its target at step 6,000
+(cosine schedule over 8,000). The oracle, `reference-v3-oracle` (the bundled `reference-oracle`),
+is the same two commands with `--no-forget`, stage 1 from the version-1 oracle
+(`benchmarks_data/reference-oracle`, bundled as `reference-v1-oracle`); its stage 2 was ended with `kill -USR1` at step 3,000,
 once retain_eval had passed the quality gate in both orders (reports/experiments/retrain).
 
 The script logs fp32 and bitsandbytes-NF4 accuracies, in the original choice order
 and averaged over the four cyclic rotations of the choices, and refuses to save a
 model below 0.90 (fp32, both orders) / 0.85 (NF4) on the splits it was meant to know.
 
-    python benchmarks_data/reference-model/train.py                       # reference
+    python benchmarks_data/reference-model/train.py                       # reference-v1
     python benchmarks_data/reference-model/train.py --no-forget \
-        --out benchmarks_data/reference-oracle                             # oracle
+        --out benchmarks_data/reference-oracle                             # reference-v1-oracle
 """
 from __future__ import annotations
 
