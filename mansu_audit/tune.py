@@ -34,8 +34,9 @@ Base check. D on a split only measures forgetting if the base knows its facts. W
 base's accuracy on a training split has its lower CI bound no higher than chance plus
 the policy's `chance_margin`, the result carries a note saying the choice is not
 informative (and `tune` warns on stderr); it still runs, since the trials are valid.
-The bundled `reference` is such a base today: 0.267 on forget_train and 0.258 on
-retain_train (it memorised the evaluation prompts' answer letters, issue 18 §0).
+The version-1 reference (`reference-v1`) is such a base: 0.267 on forget_train and 0.258
+on retain_train (it memorised the evaluation prompts' answer letters, issue 18 §0). The
+default `reference` (version 3) knows them: 0.996 and 1.000 over choice rotations.
 
 Output (`TuneResult.to_dict`, `format: mansu-audit-tune`): the chosen trial's full
 settings (the drawn values plus the fixed ones, `fixed`: settings held at a value in
@@ -43,6 +44,10 @@ every trial and so taken out of the search), every trial (settings, D_F and D_R 
 CIs, candidate accuracies, seconds), the base accuracies, the space searched and the
 objective. `read_settings_file` turns it into the method's `key=value` overrides, and
 `tuned_overrides` into `matrix --settings FILE`'s (the one parser of that file).
+
+Shipped settings. The bundled `reference` carries the outputs of `tune --budget 12 --seed 0`
+for every bundled baseline and MANSU in `benchmarks_data/reference-v3/tuned/`
+(`bundled_settings_files`); the demo runs the methods at them (reports/experiments/two-bases).
 """
 from __future__ import annotations
 
@@ -61,7 +66,7 @@ from mansu_audit.data import Bundle
 from mansu_audit.errors import InputError
 from mansu_audit.evaluate import evaluate_mcq
 from mansu_audit.io import json_safe, progress_logger, read_json_object, write_json
-from mansu_audit.loading import LoadedModel, load_model
+from mansu_audit.loading import LoadedModel, load_model, resolve_model_path
 from mansu_audit.policy import Policy, load_policy
 from mansu_audit.registry import loose
 from mansu_audit.stats import Estimate, accuracy_ci, paired_bootstrap
@@ -402,6 +407,16 @@ def read_settings_file(path: str | Path) -> tuple[str, list[str]]:
     if not isinstance(chosen, dict) or not isinstance(chosen.get("settings"), dict):
         raise InputError("tune output field 'chosen.settings' must be a mapping", path)
     return method, settings_overrides(chosen["settings"])
+
+
+TUNED_DIR = "tuned"  # a bundled model's folder may hold `tuned/<method>.json`: tune outputs for that base
+
+
+def bundled_settings_files(base: str | Path, methods: Sequence[str]) -> list[Path]:
+    """The tune outputs shipped with a model (`<model folder>/tuned/<method>.json`) for those of `methods` that
+    have one, in `methods` order (the demo runs the methods at these settings)."""
+    folder = resolve_model_path(base) / TUNED_DIR
+    return [folder / f"{m}.json" for m in methods if (folder / f"{m}.json").is_file()]
 
 
 def tuned_overrides(paths: Sequence[str | Path], methods: Sequence[str],

@@ -113,6 +113,29 @@ def test_cad_skip_reaches_run_matrix_and_run_demo(monkeypatch, tmp_path):
     assert seen.pop("cad") == "skip"
 
 
+
+def test_demo_runs_the_methods_at_their_shipped_tuned_settings(monkeypatch, tmp_path):
+    """The demo passes each method's shipped `tune` choice to run_matrix; `--defaults` passes none; a method
+    without a shipped file runs at its defaults."""
+    from mansu_audit.tune import read_settings_file
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise InputError("stop here")
+
+    monkeypatch.setattr("mansu_audit.demo.run_matrix", fake)
+    assert main(["demo", "--methods", "ga,mansu,surgical-ga", "--out", str(tmp_path / "d"), "--no-cache"]) == 2
+    from mansu_audit.loading.local import BUNDLED_MODELS
+
+    for method in ("ga", "mansu"):
+        name, pairs = read_settings_file(BUNDLED_MODELS["reference"] / "tuned" / f"{method}.json")
+        assert name == method and seen["overrides"][method] == pairs and pairs
+    assert "surgical-ga" not in seen["overrides"] and "tuned settings" in seen["title"]
+    assert main(["demo", "--methods", "ga", "--out", str(tmp_path / "d"), "--no-cache", "--defaults"]) == 2
+    assert seen["overrides"] == {} and "default settings" in seen["title"]
+
 def test_matrix_cell_passes_cad_to_certify(monkeypatch, tmp_path, bundle):
     class Stop(Exception):
         pass

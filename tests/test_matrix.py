@@ -245,9 +245,11 @@ def test_demo_on_the_reference_model(reference, tmp_path, capsys):
     for cell in results["cells"]:
         assert verify_certificate(out / cell["folder"] / "certificate.json") == []
     ga = results["cells"][0]
-    # GA forgets a little at its defaults: D_F 0.155 on the version-1 bundle, 0.038 on version 2, whose forget
-    # corpus also holds the 60 training/attack agents the reference model never learned (GA's steps spread over them)
-    assert ga["statistics"]["D_F"]["point"] > 0.02 and ga["verdicts"]["F"] != "PASS"  # too little to certify
+    # The demo runs GA at its shipped tuned settings (lr 1.21e-4, 100 steps): D_F 0.071 [0.045, 0.100] on seed 0,
+    # too little to certify (at its defaults it forgets 0.002 on version 3; reports/experiments/two-bases)
+    settings = json.loads((out / "ga" / "details.json").read_text())["run"]["settings"]
+    assert settings["steps"] == 100 and settings["lr"] == 1.21e-4, settings
+    assert 0.03 < ga["statistics"]["D_F"]["point"] < 0.15 and ga["verdicts"]["F"] != "PASS"
     html = (out / "index.html").read_text()
     assert html.index("ga (seed 0)") < html.index("rmu (seed 0)") and html.count('class="audit"') == 2
     # a second demo into the same folder replaces the first (cached: no retraining)

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "otherwise when --out is not empty)")
     p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma list (default %(default)s)")
     p.add_argument("--quantizers", default=",".join(DEMO_QUANTIZERS), help="comma list (default %(default)s)")
+    p.add_argument("--defaults", action="store_true",
+                   help="run every method at its documented defaults instead of the settings `mansu-audit tune` "
+                        "chose on the reference's training splits (shipped with the model)")
     add_grid_args(p)
 
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                       cache=cache, device=args.device, progress=not args.quiet,
                       include_forget_text=args.include_forget_text, overwrite=args.overwrite, cad=args.cad,
                       relearn=args.relearn, consistency=args.consistency,
-                      cross_scoring=args.cross_scoring)
+                      cross_scoring=args.cross_scoring, settings="defaults" if args.defaults else "tuned")
     if args.json:
         print(json.dumps({"results": result.run.results, "seconds": round(result.seconds, 3),
                           "certificates": [str(result.run.out / c["folder"] / "certificate.json")
