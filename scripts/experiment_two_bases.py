@@ -2,13 +2,17 @@
 `reference` and `reference-nf4grid`, certified through nf4, gptq, int8 and gguf-q4_0 over 3 seeds.
 
 Each (base, method or ablation) is one `run_matrix` call (seeds 0, 1, 2; default policy:
-B = 10,000; every method at its documented defaults: `mansu-audit tune` is not used, since
-on these bases it cannot separate settings: the bases are at chance on
-forget_train/retain_train). All calls share one result cache, so the base models are
-evaluated, attributed and attacked once. Every certificate computes K (the relearning
-attack on `forget_attack`, `relearn="auto"`) and S (CAD, `cad="auto"`); the
-permutation-consistency check is skipped (`consistency="skip"`: its result on these bases
-is known and it costs about a minute per cell). Torch runs on one thread per cell.
+B = 10,000). With `--settings FILE` (one `mansu-audit tune` output per method) a method and
+its ablations run at the tuned settings, otherwise at its documented defaults. The tuning
+(issue 18 §5) is `mansu-audit tune --method M --budget 12 --seed 0 --base reference` for
+every method: the same budget for all, scored on forget_train/retain_train only (the
+version-3 `reference` knows those facts, so tuning can separate settings; version 1 could
+not). The same tuned settings are used on both bases. Calls with one --work share one result
+cache, so the base models are evaluated, attributed and attacked once. Every certificate
+computes K (the relearning attack on `forget_attack`, `relearn="auto"`) and S (CAD,
+`cad="auto"`); the permutation-consistency check is skipped (`consistency="skip"`: the
+bases are checked in tests/test_reference_v3.py and it costs about a minute per cell).
+Torch runs on one thread per cell.
 
 The script collects, per seed: forget and retain accuracy unquantized and under every
 quantizer, D_F, D_R, every PTQ gap G_Q, CAD, K's recovered fraction (95% CIs), the
@@ -20,19 +24,28 @@ and for all quantizers) from `matrix.json`. It writes
     OUT/README.md      the tables
 
 Order of work (so a run cut short keeps the most important part): the methods in
-priority order, each on both bases, then MANSU's ablations on `reference`
-(`floor=none`, `circuit=random`, `projection=none`, `fisher_quantile=1.0`), then
-`LATE_METHODS` (lora-npo, simnpo) on both bases.
-`--resume` skips the (base, label) pairs already in OUT/results.json.
+priority order, each on every base, then MANSU's ablations on the first base
+(`floor=none`, `circuit=random`, `projection=none`, `fisher_quantile=1.0`, and
+`circuit_frac=0.1`: a circuit 20 times the tuned one; `forget_source=both`: ascent on the
+forget corpus's sentences too, not only on forget_attr's answer letters), then
+`LATE_METHODS` (lora-npo, simnpo). `--resume` skips the (base, label) pairs already in
+OUT/results.json, so methods can also be added one call at a time.
 
-Usage (89 min on one torch thread with an empty cache, 2026-12-01), then the MANSU
-gradient-survival diagnostic added to the results and the tables rendered again:
+Usage (2026-12-01, version 3): the bases ran side by side, one process per base on the
+two cores, methods one call at a time as their tune files appeared (about 75 min of wall
+time per process under a loaded machine), then merged and rendered:
 
-    .venv/bin/python scripts/experiment_two_bases.py --out reports/experiments/two-bases \
-        --work /tmp/two-bases-v2
-    .venv/bin/python scripts/mansu_step_survival.py --json /tmp/two-bases-v2/survival.json
-    .venv/bin/python scripts/experiment_two_bases.py --out reports/experiments/two-bases \
-        --work /tmp/two-bases-v2 --render-only --diagnostic /tmp/two-bases-v2/survival.json
+    for m in ga graddiff npo rmu mansu lora-ga saf lora-npo simnpo; do
+      mansu-audit tune --method $m --budget 12 --seed 0 --base reference --threads 1 \
+          --out-file reports/experiments/two-bases/tuned/$m.json; done
+    python scripts/experiment_two_bases.py --out A --work WA --bases reference --methods M \
+        --settings reports/experiments/two-bases/tuned/M.json --ablations none --resume     # per method
+    python scripts/experiment_two_bases.py --out A --work WA --bases reference --methods mansu \
+        --settings reports/experiments/two-bases/tuned/mansu.json --resume             # the ablations
+    python scripts/experiment_two_bases.py --out B --work WB --bases reference-nf4grid ...  # likewise
+    cp A/results.json reports/experiments/two-bases/results.json
+    python scripts/experiment_two_bases.py --out reports/experiments/two-bases --render-only \
+        --merge B/results.json
 """
 from __future__ import annotations
 
@@ -45,14 +58,17 @@ from pathlib import Path
 
 from mansu_audit.cache import ResultCache
 from mansu_audit.matrix import run_matrix
+from mansu_audit.tune import tuned_overrides
 
 BASES = ("reference", "reference-nf4grid")
 METHODS = ("ga", "graddiff", "npo", "rmu", "mansu", "lora-ga", "saf", "lora-npo", "simnpo")  # priority order
 LATE_METHODS = ("lora-npo", "simnpo")  # run after the ablations (if time)
 ABLATIONS = {"mansu floor=none": ("mansu", ["floor=none"]), "mansu circuit=random": ("mansu", ["circuit=random"]),
              "mansu projection=none": ("mansu", ["projection=none"]),
-             "mansu fisher_quantile=1.0": ("mansu", ["fisher_quantile=1.0"])}
-ABLATION_BASES = ("reference",)
+             "mansu fisher_quantile=1.0": ("mansu", ["fisher_quantile=1.0"]),
+             "mansu circuit_frac=0.1": ("mansu", ["circuit_frac=0.1"]),
+             "mansu forget_source=both": ("mansu", ["forget_source=both"])}
+ABLATION_BASE = 0  # MANSU's ablations run on the first of the bases
 QUANTIZERS = ("nf4", "gptq", "int8", "gguf-q4_0")
 SEEDS = (0, 1, 2)
 THREADS = 1
@@ -70,12 +86,17 @@ def collect_seed(cell: dict, folder: Path) -> dict:
     details = json.loads((folder / "details.json").read_text(encoding="utf-8"))
     fstats = body["statistics"]["forget_eval"]
     relearn = body["statistics"].get("relearn_heldout") or {}
+    cross = body.get("cross_scoring") or {}
+    cross_stats = cross.get("statistics") or {}
     return {"seed": cell["seed"], "verdict": cell["verdict"], "verdicts": cell["verdicts"],
             "statistics": cell["statistics"], "guard": cell["guard"],
             "recovery_fraction": {q: _estimate(fstats.get(f"recovery_fraction[{q}]")) for q in body["quantizers"]},
             "relearn_heldout": {k: _estimate(v) for k, v in relearn.items() if isinstance(v, dict)},
             "K": None if k is None else {"verdict": k["verdict"], "statistic": k.get("statistic"),
                                          "estimate": _estimate(k.get("estimate")), "threshold": k.get("threshold")},
+            "cross": {"scoring": cross.get("scoring"), "verdict_F": cross.get("verdict_F"),
+                      "D_F": _estimate(cross_stats.get("D_F")),
+                      "acc_candidate": _estimate(cross_stats.get("acc[candidate/unquantized]"))},
             "unlearn_seconds": details["run"]["seconds"], "settings": details["run"]["settings"]}
 
 
@@ -94,26 +115,30 @@ def collect_row(work: Path, base: str, label: str, method: str, seconds: float) 
             "seconds": seconds}
 
 
-def jobs(bases, methods, ablations):
-    """(base, label, method, settings) in the order of work: methods, ablations, then LATE_METHODS."""
-    out = [(base, m, m, []) for m in methods if m not in LATE_METHODS for base in bases]
-    out += [(base, label, m, sets) for label, (m, sets) in ablations.items()
-            for base in ABLATION_BASES if base in bases]
-    out += [(base, m, m, []) for m in methods if m in LATE_METHODS for base in bases]
+def jobs(bases, methods, ablations, tuned: dict[str, list[str]]):
+    """(base, label, method, settings) in the order of work: methods, ablations, then LATE_METHODS.
+    A method's settings are its tuned ones (`tuned`, from `tune` files), then the ablation's override."""
+    out = [(base, m, m, tuned.get(m, [])) for m in methods if m not in LATE_METHODS for base in bases]
+    out += [(bases[ABLATION_BASE], label, m, tuned.get(m, []) + sets) for label, (m, sets) in ablations.items()]
+    out += [(base, m, m, tuned.get(m, [])) for m in methods if m in LATE_METHODS for base in bases]
     return out
 
 
-def run(out: Path, work: Path, bases, methods, ablations, resume: bool) -> dict:
+def run(out: Path, work: Path, bases, methods, ablations, resume: bool, settings_files=()) -> dict:
     cache = ResultCache(work / "cache")
     path = out / "results.json"
+    tuned = tuned_overrides(settings_files, methods)
     results = {"bases": list(bases), "quantizers": list(QUANTIZERS), "seeds": list(SEEDS), "threads": THREADS,
                "consistency": "skip", "cad": "auto", "relearn": "auto", "rows": [], "failures": [],
-               "wall_seconds": 0.0}
+               "wall_seconds": 0.0, "tuned": {m: tuned[m] for m in sorted(tuned)},
+               "settings_files": [str(f) for f in settings_files]}
     if resume and path.exists():
         results = json.loads(path.read_text(encoding="utf-8"))
         results["failures"] = []
+        results.setdefault("tuned", {}).update({m: tuned[m] for m in sorted(tuned)})
+        results["settings_files"] = sorted(set(results.get("settings_files", [])) | {str(f) for f in settings_files})
     done = {(r["base"], r["method"]) for r in results["rows"]}
-    for base, label, method, sets in jobs(bases, methods, ablations):
+    for base, label, method, sets in jobs(bases, methods, ablations, tuned):
         if (base, label) in done:
             continue
         folder = job_folder(work, base, label)
@@ -218,8 +243,9 @@ def tables(rows: list[dict], qs) -> list[str]:
                      + f" | {'–' if m is None else f'{m:+.2f}'} | {acc} |")
     lines += ["", "#### Accuracy (mean over the seeds) and D_F per seed", "",
               "| method | forget fp32 | " + " | ".join(f"forget {short(q)}" for q in qs) + " | retain fp32 | "
-              + " | ".join(f"retain {short(q)}" for q in qs) + " | D_F per seed | unlearn s (mean) |",
-              "|---" * (5 + 2 * len(qs)) + "|"]
+              + " | ".join(f"retain {short(q)}" for q in qs) + " | forget, cloze (second formulation) | D_F per seed "
+              "| unlearn s (mean) |",
+              "|---" * (6 + 2 * len(qs)) + "|"]
     for r in rows:
         acc = lambda key: mean([(s["statistics"].get(key) or {}).get("point") for s in r["seeds"]])
         show = lambda x: "–" if x is None else f"{x:.3f}"
@@ -227,7 +253,8 @@ def tables(rows: list[dict], qs) -> list[str]:
                      + " | ".join(show(acc(f"acc_forget[{q}]")) for q in qs)
                      + f" | {show(acc('acc_retain[unquantized]'))} | "
                      + " | ".join(show(acc(f"acc_retain[{q}]")) for q in qs) + " | "
-                     + " ".join(f"{s['statistics']['D_F']['point']:+.3f}" for s in r["seeds"])
+                     + show(mean([((s.get("cross") or {}).get("acc_candidate") or {}).get("point") for s in r["seeds"]]))
+                     + " | " + " ".join(f"{s['statistics']['D_F']['point']:+.3f}" for s in r["seeds"])
                      + f" | {mean([s['unlearn_seconds'] for s in r['seeds']]):.0f} |")
     return lines + [""]
 
@@ -235,7 +262,7 @@ def tables(rows: list[dict], qs) -> list[str]:
 def survival_lines(d: dict) -> list[str]:
     g, sg = d["gradient"], d["sign_gradient"]
     lines = ["## Which MANSU step removes the forget signal (`scripts/mansu_step_survival.py`)", "",
-             f"On `{d['model']}` at the default settings (circuit_frac {d['settings']['circuit_frac']}, "
+             f"On `{d['model']}` at the settings MANSU ran with here (circuit_frac {d['settings']['circuit_frac']}, "
              f"fisher_quantile {d['settings']['fisher_quantile']}, null_rtol {d['settings']['null_rtol']}, "
              f"forget_source {d['settings']['forget_source']}): the gradient g of MANSU's forget loss over its "
              f"{d['forget_sequences']} forget sequences, measured with the method's own circuit, Fisher mask and "
@@ -261,22 +288,31 @@ def survival_lines(d: dict) -> list[str]:
     return lines + [""]
 
 
+def tuned_text(results: dict) -> str:
+    """'ga lr=..., steps=...; ...' from the tuned overrides, with where the files are."""
+    files = results.get("settings_files") or []
+    where = f"files: {', '.join(sorted({str(Path(f).parent) for f in files}))}" if files else ""
+    per = "; ".join(f"{m} {', '.join(v)}" for m, v in sorted(results["tuned"].items()))
+    return f"{per}{'; ' + where if where else ''}"
+
+
 def markdown(results: dict) -> str:
     qs = results["quantizers"]
     seeds = ", ".join(str(s) for s in results["seeds"])
     main_rows = [r for r in results["rows"] if r["method"] in METHODS]
     ablation_rows = [r for r in results["rows"] if r["method"] not in METHODS]
     lines = [f"# Two bases: the bundled methods through {', '.join(qs)}, seeds {seeds}", "",
-             "Generated by `scripts/experiment_two_bases.py`: default policy (B = 10,000), every method at its "
-             "**documented defaults** (not tuned: `mansu-audit tune` cannot separate settings on these bases, "
-             "which are at chance on forget_train/retain_train), K computed (relearning attack on `forget_attack`), "
-             "CAD computed, permutation-consistency check skipped, torch on 1 thread per cell. 95% CIs are "
-             "paired item bootstraps. Pooled statistics and verdicts come from `matrix.json` (seed-averaged "
+             "Generated by `scripts/experiment_two_bases.py`: default policy (B = 10,000), "
+             + (f"every method at the settings `mansu-audit tune` chose for it ({tuned_text(results)}), "
+                if results.get("tuned") else "every method at its **documented defaults**, ")
+             + "K computed (relearning attack on `forget_attack`), CAD computed, permutation-consistency check "
+             "skipped, torch on 1 thread per cell. 95% CIs are paired item bootstraps. Pooled statistics and verdicts come from `matrix.json` (seed-averaged "
              "per-item correctness, paired with the base; CAD: the seeds' envelope; the pooled verdict has no K). "
              "The certification rate counts the seeds whose own certificate PASSes F, R and Q[q]. "
              "What the numbers say: `findings.md`.", ""]
     if results.get("wall_seconds"):
-        lines += [f"Total wall time of the matrix runs: {results['wall_seconds'] / 60:.1f} min (1 torch thread).", ""]
+        lines += [f"Sum of the matrix runs' wall times: {results['wall_seconds'] / 60:.1f} min (1 torch thread each; "
+                  f"with several bases, one process per base ran side by side).", ""]
     for base in results["bases"]:
         rows = [r for r in main_rows if r["base"] == base]
         if rows:
@@ -314,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bases", default=",".join(BASES))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--ablations", default=",".join(ABLATIONS), help="comma list of ablation labels (or none)")
+    p.add_argument("--settings", action="append", default=[], type=Path, metavar="FILE",
+                   help="a `mansu-audit tune` output: run that method (and its ablations) at the chosen settings "
+                        "(repeatable, one file per method; methods without a file run at their defaults)")
+    p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="RESULTS",
+                   help="with --render-only: results.json files of runs over other bases (run side by side, one "
+                        "process per base) whose rows join OUT/results.json's")
     p.add_argument("--resume", action="store_true", help="skip the (base, label) pairs already in OUT/results.json")
     p.add_argument("--render-only", action="store_true", help="rewrite README.md from OUT/results.json")
     p.add_argument("--recollect", action="store_true",
@@ -329,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
             labels = {**{m: m for m in METHODS}, **{k: v[0] for k, v in ABLATIONS.items()}}
             results["rows"] = [collect_row(args.work, r["base"], r["method"], labels[r["method"]], r["seconds"])
                                for r in results["rows"]]
+        for other in args.merge:
+            more = json.loads(other.read_text(encoding="utf-8"))
+            results["bases"] += [b for b in more["bases"] if b not in results["bases"]]
+            results["rows"] += more["rows"]
+            results["failures"] = results.get("failures", []) + more.get("failures", [])
+            results["wall_seconds"] = round(results["wall_seconds"] + more["wall_seconds"], 1)
         if args.diagnostic:
             results["mansu_step_survival"] = json.loads(args.diagnostic.read_text(encoding="utf-8"))
         results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -336,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [a for a in args.ablations.split(",") if a and a != "none"]
         results = run(args.out, args.work, tuple(args.bases.split(",")),
                       tuple(m for m in args.methods.split(",") if m), {a: ABLATIONS[a] for a in chosen},
-                      args.resume)
+                      args.resume, args.settings)
     (args.out / "README.md").write_text(markdown(results), encoding="utf-8")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'README.md'}")
     return 0

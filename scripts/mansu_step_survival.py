@@ -1,7 +1,8 @@
 """Which MANSU step removes the forget signal? (issue 18, section 5)
 
-On θ0 (the base model, default `MansuSettings`), with the method's own functions
-(`find_circuit`, `plan_geometry`; nothing in the method is changed), this computes the
+On θ0 (the base model; `MansuSettings` defaults, or a tune output's choice with
+`--settings`), with the method's own functions (`find_circuit`, `plan_geometry`;
+nothing in the method is changed), this computes the
 gradient of MANSU's forget loss (−NLL on the `forget_source` sequences, all of them,
 the ascent direction) and measures how much of it each step lets through:
 
@@ -19,7 +20,8 @@ P is an orthogonal projection per row, so |P g|² / |g|² is also the share of t
 first-order decrease of the forget loss that the projected gradient step keeps. The same
 fractions are given for sign(g_C), a proxy of AdamW's first steps (elementwise-normalised).
 
-Usage: .venv/bin/python scripts/mansu_step_survival.py [--model reference] [--json OUT.json]
+Usage: .venv/bin/python scripts/mansu_step_survival.py [--model reference] [--settings TUNED.json]
+       [--json OUT.json]
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ from mansu_audit.circuits import random_circuit
 from mansu_audit.data import load_bundle
 from mansu_audit.loading import load_model
 from mansu_audit.methods import mansu_geometry as geo
-from mansu_audit.methods.base import UnlearnContext
+from mansu_audit.methods.base import UnlearnContext, parse_overrides
 from mansu_audit.methods.loop import UnlearnData, collate, sequence_nll
 from mansu_audit.methods.mansu import MansuSettings, _gated_layers, find_circuit, plan_geometry
+from mansu_audit.tune import read_settings_file
 
 
 def forget_gradient(model, data: UnlearnData, batch: int = 16) -> dict[str, torch.Tensor]:
@@ -83,12 +86,15 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="reference")
     ap.add_argument("--benchmark", default="synthhazard")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--settings", default=None, metavar="FILE",
+                    help="a `mansu-audit tune` output for mansu: measure at its chosen settings (default: the defaults)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
     loaded = load_model(args.model)
     bundle = load_bundle(args.benchmark)
-    settings = MansuSettings()
+    overrides = read_settings_file(args.settings)[1] if args.settings else []
+    settings = parse_overrides(MansuSettings, overrides)
     context = UnlearnContext(loaded.model, loaded.tokenizer, bundle, seed=0, progress=False)
     circuit = find_circuit(context, settings)
     model = context.trainable_copy()
