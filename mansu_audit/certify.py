@@ -501,7 +501,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
             oracle: str | Path | LoadedModel | None = None, consistency: str | None = "auto",
             artifacts: dict[str, str | Path] | None = None, scoring: str | None = None,
             deployment: str = MERGED, cross_scoring: str | None = "auto",
-            threads: int | None = None, report: bool = False) -> Certificate:
+            threads: int | None = None, report: bool = False, s_ceiling: bool = True) -> Certificate:
     """Certify `candidate` as an unlearned version of `base`; writes `out/certificate.json` if `out`.
 
     `policy` is a `Policy`, a YAML file or None (defaults). `cache` defaults to
@@ -538,6 +538,9 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     `mansu_audit.crosscheck`) and F takes the worse of both formulations when the base
     knows the facts there (body `cross_scoring`); "on" requires a second formulation,
     "skip"/None leaves it out.
+
+    `s_ceiling=False` decides S without its ceiling rule (`verdicts`), as suites before
+    0.4.0 did: only `verify --recompute` of such a certificate uses it.
 
     `artifacts` maps a variant name to a GGUF file of the candidate made elsewhere
     (e.g. llama.cpp's Q4_K_M): it is evaluated as the candidate's quantized variant
@@ -654,7 +657,7 @@ def certify(base: str | Path | LoadedModel, candidate: str | Path | LoadedModel,
     assessment = assess(evals.results["forget_eval"], evals.results["retain_eval"], quantizers, policy,
                         cad=cad_estimate, cad_control=cad_control_from_details(cad_details),
                         relearn=None if recovery_stage is None else recovery_stage.relearn, scoring=scoring,
-                        cross=cross, cross_scoring=cross_mode or "")
+                        cross=cross, cross_scoring=cross_mode or "", s_ceiling=s_ceiling)
     timings["assess"] = time.perf_counter() - started - sum(timings.values())  # paired bootstrap and verdicts
     sidecar = sidecar_bytes(evals, bundle, quantizers, cad_details)
     body = build_body(assessment, evals, models, bundle, policy, policy_source, quantizers, cad_estimate, sidecar,

@@ -51,10 +51,11 @@ first formulation (`prompts.chat_mode_for`): a choice-text certificate under "au
 first formulation only: a quantized candidate that states the facts in the second
 formulation is not checked there (a known gap; the unquantized check is F's).
 
-Measured on the bundled panel (reference -> ..., forget_eval, cloze accuracy base -> candidate):
-reference-oracle 0.917 -> 0.186 [0.150, 0.224]: at chance there, F stands (PASS); the
-letter-suppressed model 0.917 -> 0.877 and the chance-suppressed model (random letters,
-letter accuracy 0.290, at chance) 0.917 -> 0.881: F_x FAIL (reports/experiments/panel).
+Measured on the bundled panel (reference -> ..., forget_eval, cloze accuracy base -> candidate), on
+version 3 (the default): the oracle 1.000 -> 0.250: at chance there, F stands (PASS); the
+letter-suppressed model 1.000 -> 1.000 and the chance-suppressed model (random letters, letter
+accuracy 0.283, at chance) 1.000 -> 1.000: F_x FAIL. On version 1: 0.917 -> 0.186, 0.877 and
+0.881 (reports/experiments/panel).
 """
 from __future__ import annotations
 

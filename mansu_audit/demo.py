@@ -4,7 +4,8 @@ On the bundled benchmark (`synthhazard`) and reference model (`reference`):
 unlearn with MANSU, Global GA, NPO and RMU (seed 0, each method at the settings
 `mansu-audit tune` chose for it on the reference's training splits, shipped with the
 model in `tuned/`; `settings="defaults"` runs the documented defaults instead, which
-forget next to nothing on the version-3 reference: GA D_F 0.002), certify each through
+forget next to nothing on the version-3 reference: GA D_F 0.002 at seed 0, measured with this
+demo on 2026-12-01), certify each through
 nf4, gptq and int8, and write
 `reports/demo/index.html` (the audit report of every method), `matrix.html`,
 `matrix.json` and one certificate folder per method (`reports/demo/<method>/`).
@@ -16,11 +17,11 @@ bootstrap replicates, seed 0); every method runs at its tuned settings (MANSU lr
 NPO lr 2.8e-4, 60 steps, beta 0.05; RMU lr 8.73e-4, 60 steps, steering_scale 1.0; batches
 of 16 sequences); GPTQ calibrates on its default slice of the
 benchmark's retain corpus; CAD uses EAP-IG with 5 steps on all 120 forget_attr
-items. Measured on 2 shared CPU cores with an empty cache: 225 s (MANSU 96 s
-including the base model's evaluations, GA 36 s, NPO 48 s, RMU 40 s of
-unlearning + certification + diagnostics); a rerun (`--overwrite` replaces the
-earlier demo folder whole) reuses the cached checkpoints and evaluations. The base model is evaluated once for all methods
-(the evaluation cache is keyed by content).
+items. Measured on 2 CPU cores (one busy with another job) from a fresh clone, with an empty
+cache and the tuned settings: 166 s (MANSU 54 s, GA 34 s, NPO 36 s, RMU 32 s of unlearning +
+certification + diagnostics, after the base model's evaluations); a rerun (`--overwrite` replaces
+the earlier demo folder whole) reuses the cached checkpoints and evaluations. The base model is
+evaluated once for all methods (the evaluation cache is keyed by content).
 """
 from __future__ import annotations
 
@@ -72,7 +73,9 @@ def run_demo(out: str | Path = DEMO_OUT, *, methods: Sequence[str] = DEMO_METHOD
     check_output_dir(out, overwrite)
     files = bundled_settings_files(DEMO_BASE, methods) if settings == "tuned" else []
     overrides = tuned_overrides(files, methods)
-    which = "tuned settings" if files else "default settings"
+    untuned = [m for m in methods if m not in overrides]
+    which = ("default settings" if not files else "tuned settings" if not untuned
+             else f"tuned settings; {', '.join(untuned)} at defaults")
     start = time.perf_counter()
     run = run_matrix(methods, quantizers, (DEMO_SEED,), out, base=DEMO_BASE, benchmark="synthhazard",
                      cache=cache, device=device, cell_dir=lambda method, seed: method, progress=progress,

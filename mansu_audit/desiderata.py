@@ -107,7 +107,7 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
            policy: Policy, *, num_choices: int | None = None, cad: Estimate | None = None,
            cad_control: Estimate | None = None, relearn: Mapping[str, MCQResult] | None = None,
            scoring: str = "letter", cross: Mapping[str, Estimate] | None = None,
-           cross_scoring: str = "") -> Assessment:
+           cross_scoring: str = "", s_ceiling: bool = True) -> Assessment:
     """Statistics, guard findings and verdicts (`verdicts.decide`) from per-item results.
 
     `forget` / `retain` map `variant_key(role, variant)` to that model's results on
@@ -117,7 +117,7 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
     K_BEFORE, K_AFTER to results on the same held-out forget items (K; None: K not
     computed). `scoring` (how the items were scored) sets the below-chance bound
     (`verdicts.below_chance_margin`). `cross` / `cross_scoring`: forget_eval scored in a second formulation
-    (`crosscheck.cross_statistics`; F takes the worse of both). Chance is each split's own mean of 1/k_i; `num_choices` is accepted
+    (`crosscheck.cross_statistics`; F takes the worse of both). `s_ceiling`: S's ceiling rule (`verdicts`). Chance is each split's own mean of 1/k_i; `num_choices` is accepted
     for compatibility (the letter check uses the items' own choice counts).
     """
     quantizers = tuple(quantizers)
@@ -147,7 +147,8 @@ def assess(forget: Mapping[str, MCQResult], retain: Mapping[str, MCQResult], qua
         k_stats = k_statistics(relearn[K_BASE].correct, relearn[K_BEFORE].correct, relearn[K_AFTER].correct, policy)
         stats["relearn_heldout"] = k_stats
     d = decide(stats["forget_eval"], stats["retain_eval"], quantizers, policy, chance=chance, cad=cad,
-               cad_control=cad_control, relearn=k_stats, guard=guard, cross=cross, cross_scoring=cross_scoring)
+               cad_control=cad_control, relearn=k_stats, guard=guard, cross=cross, cross_scoring=cross_scoring,
+               s_ceiling=s_ceiling)
     return Assessment(d.verdicts, d.overall, stats, d.guard, quantizers, chance, d.required, cad_control,
                       None if relearn is None else dict(relearn))
 

@@ -51,7 +51,7 @@ class Policy:
     # K's relearning attack budget (read by mansu_audit.recovery): optimizer steps, learning
     # rate, and the fraction of forget items used as attack items (the rest are held out).
     # 10 steps at 3e-4 (batch 16) bring a suppressed model's answers back (0.005 -> 0.72) while
-    # the oracle stays at chance (0.23 -> 0.24) and `reference` keeps its accuracy (0.998 -> 0.98);
+    # the oracle stays at chance (0.23 -> 0.24) and `reference-v1` keeps its accuracy (0.998 -> 0.98);
     # measured on the version-1 models; the measurements (and version 3's) are in mansu_audit.recovery's docstring.
     relearn_steps: int = 10
     relearn_lr: float = 3e-4

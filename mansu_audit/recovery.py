@@ -12,8 +12,8 @@ the order the evaluator shows them: the relearning literature's attack
 (fine-tuning on the forget data as it is; Lynch et al., Deeb & Roger, Hu et al.),
 and the form in which the model was evaluated. "redrawn" re-draws the order of
 every example at every step (teaching facts, not letters). On the bundled
-letter-memorising models "redrawn" is not an attack but a perturbation: at lr
-1e-3 it drives `reference`'s held-out accuracy from 0.998 to 0.27 (it overwrites
+letter-memorising version-1 models "redrawn" is not an attack but a perturbation: at lr
+1e-3 it drives `reference-v1`'s held-out accuracy from 0.998 to 0.27 (it overwrites
 the memorised letter-per-prompt associations), and at lr 1e-4 x 30 steps it moves
 nothing (0.998 -> 0.998, loss flat). "as-given" leaves a model that knows the
 facts where it was and brings back what was only hidden. All randomness (which
@@ -48,11 +48,11 @@ the suppressed model's hidden answers are back (0.719: recovered fraction ~0.72,
 far above `max_recovery` 0.25), the oracle stays at chance (0.243: ~0.02) and the
 reference keeps its accuracy (0.981). Longer attacks separate less on these
 letter-memorising models: fine-tuning on the attack items' letters starts to
-overwrite the memorised letters of the held-out prompts (the reference falls to
+overwrite the memorised letters of the held-out prompts (reference-v1 falls to
 0.917 by step 30, the suppressed model to 0.579); lr 1e-3 does so from the start,
 and lr 1e-4 is too weak (the suppressed model reaches only 0.226 in 30 steps).
 10 steps is also the cheapest budget that separates the panel (tens of steps, as
-issue 18 asks). With "redrawn" order the reference itself falls to 0.27 at lr 1e-3.
+issue 18 asks). With "redrawn" order reference-v1 itself falls to 0.27 at lr 1e-3.
 
 Attack and held-out items (`attack_split`). With a bundle split `forget_attack`
 (facts about *other* entities than `forget_eval`), the attack trains on it and the

@@ -135,6 +135,11 @@ def rederive(body: Mapping) -> list[str]:
         return [f"re-derivation impossible: malformed body ({type(exc).__name__}: {exc})"]
 
 
+def ceiling_rule_applies(body: Mapping) -> bool:
+    """Whether S was decided with its ceiling rule: bodies of suite version >= `verdicts.S_CEILING_SINCE`."""
+    return version_tuple(body.get("suite", {}).get("version", "")) >= S_CEILING_SINCE
+
+
 def _rederive(body: Mapping) -> list[str]:
     rules = schema_version_of(body)
     label = unquantized_label(body)
@@ -200,7 +205,7 @@ def _rederive(body: Mapping) -> list[str]:
     decision = decide(stats["forget_eval"], stats["retain_eval"], quantizers, policy, chance=chance, cad=cad,
                       cad_control=control, relearn=k_stats, guard=guard, rules=rules, cross=cross,
                       cross_scoring=cross_mode,
-                      s_ceiling=version_tuple(body.get("suite", {}).get("version", "")) >= S_CEILING_SINCE)
+                      s_ceiling=ceiling_rule_applies(body))
     recorded = body["desiderata"]
     for name in sorted(set(recorded) | set(decision.verdicts)):
         rec, der = recorded.get(name), decision.verdicts.get(name)

@@ -416,7 +416,8 @@ def bundled_settings_files(base: str | Path, methods: Sequence[str]) -> list[Pat
     """The tune outputs shipped with a model (`<model folder>/tuned/<method>.json`) for those of `methods` that
     have one, in `methods` order (the demo runs the methods at these settings)."""
     folder = resolve_model_path(base) / TUNED_DIR
-    return [folder / f"{m}.json" for m in methods if (folder / f"{m}.json").is_file()]
+    names = [getattr(resolve_method(m), "name", None) or str(m) for m in methods]  # registry spelling: GA -> ga
+    return [folder / f"{n}.json" for n in names if (folder / f"{n}.json").is_file()]
 
 
 def tuned_overrides(paths: Sequence[str | Path], methods: Sequence[str],

@@ -30,11 +30,12 @@ from mansu_audit.api import as_bundle
 from mansu_audit.data import Bundle
 from mansu_audit.errors import InputError
 from mansu_audit.io import json_copy, ordinary_permissions, sha256_file
-from mansu_audit.loading import BUNDLED_MODELS, LoadedModel, load_model, plan_device
+from mansu_audit.loading import BUNDLED_MODELS, LoadedModel, load_model, pinned_name, plan_device
 from mansu_audit.loading.hub import is_hub_id
+from mansu_audit.loading.local import UNLEARN_RECORD
 from mansu_audit.registry import code_files, get_method
 
-RECORD_NAME = "unlearn.json"
+RECORD_NAME = UNLEARN_RECORD
 RECORD_VERSION = 1
 
 
@@ -91,7 +92,9 @@ def is_adapter_model(model: torch.nn.Module) -> bool:
 def adapter_base_spec(loaded: LoadedModel) -> str:
     """What an adapter folder's `base_model_name_or_path` records so `load_model` finds the base again:
     a bundled name or hub id as given, else the base folder's absolute path."""
-    if loaded.name in BUNDLED_MODELS or is_hub_id(loaded.name):
+    if loaded.name in BUNDLED_MODELS:
+        return pinned_name(loaded.name)  # `reference` -> `reference-v3`: the name must not move with the default
+    if is_hub_id(loaded.name):
         return loaded.name
     if loaded.path is None:
         raise InputError(f"base model '{loaded.name}' was built in memory, so an adapter folder could not name it; "

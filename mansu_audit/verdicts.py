@@ -79,12 +79,14 @@ K (knowledge not recoverable by relearning): recovered fraction on held-out forg
   (`k_statistics`). PASS if RF_K.high <= `max_recovery`, FAIL if RF_K.low > it.
   When A_base − A_cand does not clearly clear `min_forget_drop` (low < it) the
   fraction is undefined or unstable and K is INCONCLUSIVE, saying so. Default `max_recovery` 0.25: measured with the
-  default attack budget on the bundled benchmark (reports/experiments/panel), a
-  model whose last block was trained to suppress the forget answers recovers
-  0.719 [0.677, 0.762], a quantization-reversed GA model 0.559 [0.416, 0.680], and
-  `reference-oracle`, which never saw the facts, 0.022 [-0.054, 0.093]: fine-tuning
-  on other facts lifts even an oracle a little (format, priors), which is why K's
-  bound is looser than Q's, and 0.25 sits well between both groups.
+  default attack budget on the bundled benchmark (reports/experiments/panel), on the
+  version-1 models a model whose last block was trained to suppress the forget
+  answers recovers 0.719 [0.677, 0.762], a quantization-reversed GA model 0.559
+  [0.416, 0.680], and the oracle, which never saw the facts, 0.022 [-0.054, 0.093];
+  on version 3 (the default) 1.000 [0.988, 1.012], 0.760 [0.691, 0.823] and -0.016
+  [-0.079, 0.041]. Fine-tuning on other facts lifts even an oracle a little (format,
+  priors), which is why K's bound is looser than Q's, and 0.25 sits well between both
+  groups.
 
 Over-unlearning guard: a candidate whose retain accuracy is at chance (upper CI <=
 chance + `chance_margin`) or whose outputs are degenerate (one letter for >=

@@ -60,7 +60,7 @@ from mansu_audit.certify import certify
 from mansu_audit.data import resolve_benchmark
 from mansu_audit.errors import InputError
 from mansu_audit.policy import Policy
-from mansu_audit.rederive import ATOL, ESTIMATE_FIELDS, unquantized_label
+from mansu_audit.rederive import ATOL, ESTIMATE_FIELDS, ceiling_rule_applies, unquantized_label
 from mansu_audit.stats import Estimate
 
 COMPARED_SECTIONS = ("chance", "required", "quantizers", "unquantized", "prompting", "consistency", "recovery",
@@ -209,6 +209,8 @@ def recertify(body: Mapping, *, base=None, candidate=None, benchmark=None, oracl
     if body.get("deployment") is not None:  # adapter-on-quantized-base: quantized base + the adapter's delta
         kwargs["deployment"] = body["deployment"].get("mode", "merged")
     kwargs.update(_cross_kwargs(body))
+    if "s_ceiling" in inspect.signature(certify).parameters:  # S decided as the recorded suite decided it
+        kwargs["s_ceiling"] = ceiling_rule_applies(body)
     if "scoring" in inspect.signature(certify).parameters:
         kwargs["scoring"] = prompting.get("scoring", "letter")
     elif prompting.get("scoring", "letter") != "letter":

@@ -3,7 +3,7 @@
 The simplest baseline (Zhang et al.; the paper's "Global GA"): maximise the
 forget NLL, no retain term. Defaults adapted to the reference model (4 layers,
 256 wide, 3.5M parameters, facts memorised from ~1k sentences): AdamW lr 1e-4,
-60 steps of 16 forget_corpus sentences. Measured on `reference` (seed 0, CPU) with
+60 steps of 16 forget_corpus sentences. Measured on `reference-v1` (seed 0, CPU) with
 the version-1 bundle: forget_eval 0.998 -> 0.843, retain_eval 0.987 -> 0.870; lr 5e-5
 barely forgets (0.988), lr 1e-4 x 100 steps or 3e-4 collapse retain too (<= 0.43).
 With the version-2 bundle, whose forget_corpus adds 60 agents the reference never

@@ -3,7 +3,7 @@
 Loss −NLL(forget), no retain term (as `ga`), trained in the adapter only
 (`methods.lora_common`: settings rank/alpha/target_modules/save, init, output).
 Defaults: lr 5e-4, 60 steps of 16 forget sentences, r 8, alpha 16 on every
-Linear but the head. Measured on `reference` (seed 0, CPU, synthhazard v2):
+Linear but the head. Measured on `reference-v1` (seed 0, CPU, synthhazard v2):
 forget_eval 0.998 -> 0.924, retain_eval 0.987 -> 0.959 (nf4: 0.929 / 0.961;
 `ga` at its defaults: 0.960 / 0.957); lr 3e-4 barely forgets (0.995), lr 1e-3
 collapses both (0.281 / 0.263).

@@ -4,7 +4,7 @@ Loss per `npo` (−(2/β)·log σ(−β·(log π_θ(y) − log π_ref(y))) + ret
 NLL(retain)), with π_ref = θ0 computed by the same model with the adapter
 disabled (no second copy); trained in the adapter only (`methods.lora_common`:
 settings rank/alpha/target_modules/save, init, output). Defaults: lr 1e-3,
-60 steps, β 0.1, retain_weight 1. Measured on `reference` (seed 0, CPU,
+60 steps, β 0.1, retain_weight 1. Measured on `reference-v1` (seed 0, CPU,
 synthhazard v2): forget_eval 0.998 -> 0.600, retain_eval 0.987 -> 0.787
 (the same under nf4).
 """

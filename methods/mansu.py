@@ -26,8 +26,10 @@
    since exact per-row intersections of whole matrices would not fit in memory).
    `projection=none`: mask only.
 
-Defaults (`MansuSettings`) were tuned on the bundled 4-layer, 256-wide reference model
-(seed 0, measured 2026-11-28; forget/retain accuracy of θ0 0.998/0.987):
+Defaults (`MansuSettings`) were tuned on the bundled 4-layer, 256-wide version-1 reference model
+(`reference-v1`; seed 0, measured 2026-11-28; forget/retain accuracy of θ0 0.998/0.987). On version 3
+(the default `reference`) `mansu-audit tune` chose lr 5.24e-3, 120 steps, circuit_frac 0.005
+(benchmarks_data/reference-v3/tuned/mansu.json; what it does there: reports/experiments/two-bases):
 
 * `forget_source=attr` (GA on the forget_attr MCQ answer letters), `lr=1e-3`, 60 steps,
   `circuit_frac=0.01`: D_F 0.088, D_R 0.070, NF4 PTQ gap −0.017, post-condition 98.9%.

@@ -29,7 +29,7 @@ quantizer; default nf4), rho (SAM radius in weight space, default 0.05, our
 choice: about one NF4 bin width summed over a layer's block of weights is far
 larger, so the ascent probes a neighbourhood, not a new grid point),
 retain_weight (1.0), and the shared ones (lr 1e-4, 60 steps). Measured on
-`reference` (seed 0, CPU, synthhazard v2): forget_eval 0.998 -> 0.981 (nf4
+`reference-v1` (seed 0, CPU, synthhazard v2): forget_eval 0.998 -> 0.981 (nf4
 0.974), retain_eval 0.987 -> 0.970 (nf4 0.974), 61 s on a shared 2-core CPU;
 lr 5e-5 barely forgets (0.993).
 """

@@ -242,7 +242,7 @@ def main() -> int:
         candidate = load_model(path)
     else:
         t0 = time.perf_counter()
-        base, candidate = load_model("reference"), load_model(BUNDLED_DATA / "reference-oracle")
+        base, candidate = load_model("reference"), load_model("reference-oracle")
     load_s = time.perf_counter() - t0
     choice = choose_threads(args.threads)
     print(f"model: {args.model}  cores: {os.cpu_count()}  threads: {choice.threads} ({choice.source})  "

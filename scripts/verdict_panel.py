@@ -13,7 +13,8 @@ Panel (every model is an unlearning run of the bundled `reference`, deterministi
    retain accuracy collapses. Expected: R FAIL.
 3. `ga-nf4grid`: the `ga` method on `reference-nf4grid` with settings that forget in fp32 but
    not under NF4 (quantization-reversed). Certified against `reference-nf4grid`. Expected: Q[nf4] FAIL.
-4. `reference-oracle` (bundled): never saw the forget facts. Expected: F, R, Q, K PASS.
+4. `reference-oracle` (bundled): never saw the forget facts. Expected: F, R, Q, K PASS, and with `--cad auto`
+   S PASS (by S's ceiling rule) and overall PASS.
 5. `reference` itself. Expected: F FAIL.
 6. `chance-suppressed`: as `suppressed`, but each forget-domain MCQ trained to a random letter,
    so its forget accuracy sits at chance, not below: the below-chance rule cannot fire. It still
@@ -117,6 +118,9 @@ def build_suppressed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, l
     # steps), so it is checked every 5 steps and the window is 0.23-0.30, not merely "at most 0.32"
     _train(model, list(last.parameters()), examples, pad_token_id(reference.tokenizer), steps=max_steps, lr=lr,
            batch=64, seed=seed, stop=stop, log=log, check_every=25 if letters == "next" else 5)
+    done, msg = stop()
+    if not done:  # a panel row whose model is not what its name says would test nothing
+        raise RuntimeError(f"build_suppressed(letters={letters!r}) missed its target in {max_steps} steps: {msg}")
     for p in model.parameters():
         p.requires_grad_(True)
     return LoadedModel(model, reference.tokenizer, "suppressed" if letters == "next" else "chance-suppressed", None)

@@ -113,7 +113,6 @@ def test_cad_skip_reaches_run_matrix_and_run_demo(monkeypatch, tmp_path):
     assert seen.pop("cad") == "skip"
 
 
-
 def test_demo_runs_the_methods_at_their_shipped_tuned_settings(monkeypatch, tmp_path):
     """The demo passes each method's shipped `tune` choice to run_matrix; `--defaults` passes none; a method
     without a shipped file runs at its defaults."""
@@ -135,6 +134,9 @@ def test_demo_runs_the_methods_at_their_shipped_tuned_settings(monkeypatch, tmp_
     assert "surgical-ga" not in seen["overrides"] and "tuned settings" in seen["title"]
     assert main(["demo", "--methods", "ga", "--out", str(tmp_path / "d"), "--no-cache", "--defaults"]) == 2
     assert seen["overrides"] == {} and "default settings" in seen["title"]
+    assert main(["demo", "--methods", "GA", "--out", str(tmp_path / "d"), "--no-cache"]) == 2  # any spelling
+    assert seen["overrides"]["GA"] and seen["title"].endswith("(tuned settings)")
+
 
 def test_matrix_cell_passes_cad_to_certify(monkeypatch, tmp_path, bundle):
     class Stop(Exception):

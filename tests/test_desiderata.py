@@ -320,7 +320,6 @@ def test_s_requires_the_circuit_to_beat_the_random_control():
     assert s_verdict(None, None, pol).verdict == NOT_COMPUTED
 
 
-
 def test_s_at_the_ceiling_defers_to_k():
     """CAD and control both within 1 ± 0.1: the candidate attributes nothing anywhere, so the control cannot be
     beaten; S then takes K's PASS and nothing else. Wide intervals that merely contain 1 do not qualify."""

@@ -377,3 +377,27 @@ def test_verify_an_adapter_certificate(tmp_path, base_dir):
     save_file(tensors, str(adapter / "adapter_model.safetensors"))
     changes = verify_certificate(cert)
     assert len(changes) == 1 and "adapter/adapter_model.safetensors" in changes[0] and "weights" in changes[0]
+
+
+def test_an_adapter_naming_a_moving_bundled_name_is_settled_by_its_recorded_base(tmp_path):
+    """Suites <= 0.3.0 wrote `reference` (then version 1) into adapter folders; from 0.4.0 `reference` is version 3.
+    The base digests in the folder's unlearn.json settle which bundled model the adapter was trained on; new
+    adapters record the pinned name (`reference-v3`), which never moves."""
+    from mansu_audit.loading import LoadedModel, pinned_name
+    from mansu_audit.loading.local import BUNDLED_MODELS, UNLEARN_RECORD
+    from mansu_audit.unlearn import adapter_base_spec
+
+    assert pinned_name("reference") == "reference-v3" and pinned_name("reference-v1") == "reference-v1"
+    assert adapter_base_spec(LoadedModel(None, None, "reference", BUNDLED_MODELS["reference"])) == "reference-v3"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                                             "base_model_name_or_path": "reference"}))
+    v1 = load_model("reference-v1")
+    assert model_file_map(adapter)["base/model.safetensors"] == BUNDLED_MODELS["reference"] / "model.safetensors"
+    (adapter / UNLEARN_RECORD).write_text(json.dumps({"base_model": {"name": "reference", "files": v1.file_hashes()}}))
+    assert model_file_map(adapter)["base/model.safetensors"] == BUNDLED_MODELS["reference-v1"] / "model.safetensors"
+    forged = {**v1.file_hashes(), "model.safetensors": "0" * 64}
+    (adapter / UNLEARN_RECORD).write_text(json.dumps({"base_model": {"name": "reference", "files": forged}}))
+    with pytest.raises(InputError, match="match no bundled model"):
+        model_file_map(adapter)

@@ -156,3 +156,26 @@ def test_recompute_cad_runs_eap_ig_again_and_compares_it(tmp_path, ref_tokenizer
     assert not any(m.startswith("statistics.cad:") for m in verify(forged, recompute=True).mismatches)  # as given
     found = verify(forged, recompute=True, recompute_cad=True).mismatches
     assert any(m.startswith("statistics.cad: recorded") for m in found), found
+
+
+def test_recompute_decides_s_as_the_recorded_suite_did(certified, monkeypatch):
+    """S's ceiling rule is new in 0.4.0: `verify` re-derives a body and `--recompute` re-certifies it with the rule
+    its recorded suite version used, so certificates written before it keep verifying."""
+    from mansu_audit import verification
+    from mansu_audit.rederive import ceiling_rule_applies
+
+    body = json.loads(certified.read_text())["body"]
+    old = copy.deepcopy(body)
+    old["suite"]["version"] = "0.3.0"
+    assert ceiling_rule_applies(body) and not ceiling_rule_applies(old)
+    seen = []
+
+    def fake(*args, s_ceiling=True, **kwargs):
+        seen.append(s_ceiling)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(verification, "certify", fake)
+    for b in (body, old):
+        with pytest.raises(InputError, match="stop here"):
+            recertify(b)
+    assert seen == [True, False]

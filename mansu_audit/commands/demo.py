@@ -11,8 +11,8 @@ from mansu_audit.matrix import format_matrix_table
 from mansu_audit.outdir import check_cache_dir, check_output_dir
 
 NAME = "demo"
-HELP = ("end-to-end demo: unlearn the reference model with MANSU, GA, NPO and RMU, certify each through "
-        "nf4, gptq and int8, write reports/demo/index.html and one certificate per method")
+HELP = ("end-to-end demo: unlearn the reference model with MANSU, GA, NPO and RMU at their tuned settings, "
+        "certify each through nf4, gptq and int8, write reports/demo/index.html and one certificate per method")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

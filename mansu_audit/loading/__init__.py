@@ -32,11 +32,11 @@ from mansu_audit.loading.device import DevicePlan, model_device, plan_device
 from mansu_audit.loading.gguf import fresh_copy, is_gguf, load_gguf, load_gguf_tokenizer
 from mansu_audit.loading.hub import fetch_hub_model, is_hub_id
 from mansu_audit.loading.local import (BUNDLED_MODELS, TOKENIZER_FILES, check_finite, checkpoint_files, load_folder,
-                                       load_folder_tokenizer, resolve_model_path)
+                                       load_folder_tokenizer, pinned_name, resolve_model_path, settle_adapter_base)
 from mansu_audit.loading.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter, merge_adapter, read_adapter_config
 
 __all__ = ["BUNDLED_MODELS", "DevicePlan", "LoadedModel", "TOKENIZER_FILES", "fresh_copy", "load_model",
-           "load_tokenizer", "model_device", "model_file_map", "model_from_objects", "plan_device",
+           "load_tokenizer", "model_device", "model_file_map", "model_from_objects", "pinned_name", "plan_device",
            "resolve_model_path"]
 
 
@@ -107,6 +107,8 @@ def _load_adapter(folder: Path, plan: DevicePlan, allow_pickle: bool,
     if not base_spec:
         raise InputError("adapter names no base model (base_model_name_or_path); pass the base explicitly",
                          folder / ADAPTER_CONFIG)
+    if base is None:
+        base_spec = settle_adapter_base(folder, str(base_spec))
     if not isinstance(base_spec, LoadedModel) and is_adapter(base_spec):
         raise InputError("the base of an adapter cannot itself be an adapter", folder / ADAPTER_CONFIG)
     # Merge in float32 on the CPU, then move: merging in bf16 would round the small update away.
@@ -135,6 +137,8 @@ def model_file_map(spec: str | Path, *, adapter_base: str | Path | None = None) 
         base_spec = adapter_base if adapter_base is not None else cfg.get("base_model_name_or_path")
         if not base_spec:
             raise InputError("adapter names no base model (base_model_name_or_path)", path / ADAPTER_CONFIG)
+        if adapter_base is None:
+            base_spec = settle_adapter_base(path, str(base_spec))
         files = {f"base/{k}": v for k, v in model_file_map(base_spec).items()}
         files[f"adapter/{ADAPTER_CONFIG}"] = path / ADAPTER_CONFIG
         weights = next((path / n for n in ADAPTER_WEIGHTS if (path / n).is_file()), None)

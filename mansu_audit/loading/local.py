@@ -8,6 +8,7 @@ every refusal one `InputError` naming the folder or file and the problem.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from mansu_audit.data import BUNDLED_DATA
 from mansu_audit.errors import InputError, first_line
+from mansu_audit.io import sha256_file
 from mansu_audit.loading.checkpoint import check_loading_info, preflight, read_config, safetensors_header
 from mansu_audit.loading.device import DevicePlan
 
@@ -24,19 +26,65 @@ BUNDLED_MODELS = {
     "reference": BUNDLED_DATA / "reference-v3",
     "reference-nf4grid": BUNDLED_DATA / "reference-nf4grid",  # `reference` snapped onto NF4 (its build.py)
     "reference-oracle": BUNDLED_DATA / "reference-v3-oracle",  # the same recipe without the forget facts
-    # Version 1 (the default until suite 0.3.0): memorised each evaluation prompt's answer letter (0.36 under
-    # choice rotation). Kept so the reports made on it can be reproduced; its NF4-grid twin is rebuilt with
+    # Version 1 (the default through suite 0.3.0): memorised each evaluation prompt's answer letter (about 0.41
+    # averaged over choice rotations). Kept so the reports made on it can be reproduced; its NF4-grid twin is rebuilt with
     # `reference-nf4grid/build.py --source reference-v1 --out DIR`.
     "reference-v1": BUNDLED_DATA / "reference-model",
     "reference-v1-oracle": BUNDLED_DATA / "reference-oracle",
-    # The names version 3 had before it became the default (kept for one release).
+    # Pinned names of version 3: they keep naming these weights when the default moves on. Adapter folders and
+    # rebuild commands record them (`pinned_name`), never a moving name.
     "reference-v3": BUNDLED_DATA / "reference-v3",
     "reference-v3-oracle": BUNDLED_DATA / "reference-v3-oracle",
+    "reference-v3-nf4grid": BUNDLED_DATA / "reference-nf4grid",
 }
+# Names whose weights changed with a suite version (version 1 up to 0.3.0, version 3 from 0.4.0). Folder names on
+# disk are historical: `reference-model` and `reference-oracle` hold version 1.
+MOVING_NAMES = ("reference", "reference-oracle", "reference-nf4grid")
+UNLEARN_RECORD = "unlearn.json"  # what `mansu-audit unlearn` writes beside a checkpoint or adapter (mansu_audit.unlearn)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",
                    "special_tokens_map.json", "merges.txt", "vocab.txt", "added_tokens.json",
                    "chat_template.jinja")
+
+
+def pinned_name(name: str) -> str:
+    """A bundled name that keeps naming the same weights across suite versions: `name` itself, or for a moving
+    name (`MOVING_NAMES`) the pinned alias of the same folder (`reference` -> `reference-v3`)."""
+    if name not in MOVING_NAMES:
+        return name
+    return next(n for n, f in BUNDLED_MODELS.items() if f == BUNDLED_MODELS[name] and n not in MOVING_NAMES)
+
+
+def bundled_name_with_hashes(hashes: dict) -> str | None:
+    """The pinned bundled name whose folder's files have exactly these SHA-256 digests (by file name), or None."""
+    for name, folder in BUNDLED_MODELS.items():
+        if name in MOVING_NAMES or not folder.is_dir():
+            continue
+        files = checkpoint_files(folder)
+        if set(files) == set(hashes) and all(sha256_file(files[k]) == v for k, v in hashes.items()):
+            return name
+    return None
+
+
+def settle_adapter_base(adapter: Path, name: str) -> str:
+    """The base an adapter folder's `base_model_name_or_path` means. A moving bundled name written before the
+    default moved (suite <= 0.3.0 wrote `reference`) is settled by the base digests `mansu-audit unlearn`
+    recorded in the folder's unlearn.json: the bundled model with those files (e.g. `reference-v1`), or one
+    InputError if none has them. Any other name, or a folder without that record, is returned unchanged."""
+    record_path = Path(adapter) / UNLEARN_RECORD
+    if name not in MOVING_NAMES or not record_path.is_file():
+        return name
+    try:
+        hashes = json.loads(record_path.read_text(encoding="utf-8"))["base_model"]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return name
+    if not isinstance(hashes, dict) or not hashes:
+        return name
+    found = bundled_name_with_hashes(hashes)
+    if found is None:
+        raise InputError(f"adapter names the bundled base '{name}', but the base files recorded in "
+                         f"{UNLEARN_RECORD} match no bundled model; pass the base explicitly", adapter)
+    return found
 
 
 def resolve_model_path(spec: str | Path) -> Path:
