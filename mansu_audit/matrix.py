@@ -39,7 +39,11 @@ averages with the certificate's policy; S uses the envelope of the seeds' CAD (a
 random-circuit control) intervals (mean point, lowest low, highest high), since
 per-item CAD values are not stored. Verdicts come from the certificate's own engine
 (`verdicts.decide`) with every seed's guard findings (records) applied, so a pooled
-verdict is never PASS when a seed tripped the over-unlearning guard. Beside it,
+verdict is never PASS when a seed tripped the over-unlearning guard. K is pooled like
+the splits when every seed ran the relearning attack on the same held-out items (the
+candidate's before/after correctness averaged over seeds, the base's from the first seed),
+and then gates the pooled verdict as it gates a certificate's (from 0.4.0; before, a
+pooled verdict had no K and could PASS methods whose every seed FAILed K). Beside it,
 per quantizer, the certification rate over seeds (DurableUn's "PASS in k of n
 seeds", `certification_rate`): how many seeds' own certificates PASS F, R and Q[q].
 
@@ -83,7 +87,7 @@ from mansu_audit.outdir import check_output_dir, staged_dir
 from mansu_audit.report import matrix_html, render_report, write_html
 from mansu_audit.stats import Estimate
 from mansu_audit.unlearn import RECORD_NAME, adapter_base_spec, resolve_method, unlearn
-from mansu_audit.verdicts import UNQUANTIZED, below_chance_findings, decide
+from mansu_audit.verdicts import K_AFTER, K_BASE, K_BEFORE, UNQUANTIZED, below_chance_findings, decide, k_statistics
 
 MATRIX_SCHEMA = "mansu-audit-matrix"
 MATRIX_SCHEMA_VERSION = 1
@@ -254,18 +258,36 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
                                        scoring_of(first))
     guard += pooled
     cross, cross_mode = _pooled_cross(bodies, policy)
+    relearn = _pooled_relearn(bodies, policy)
     decision = decide(f_est, r_est, quantizers, policy, chance=float(first["chance"]), cad=cad, cad_control=control,
-                      guard=guard, rules=_rules(first), cross=cross, cross_scoring=cross_mode)
+                      relearn=relearn, guard=guard, rules=_rules(first), cross=cross, cross_scoring=cross_mode)
     messages = [f"seed run {i + 1} of {len(bodies)}: {m}" for i, b in enumerate(bodies) for m in _messages(b)]
     messages += [f"pooled over {len(bodies)} seeds: {g.message}" for g in pooled]
     out_stats = {"D_F": f_est["D_F"], "D_R": r_est["D_R"], **{f"G_Q[{q}]": f_est[f"G_Q[{q}]"] for q in quantizers}}
     if cad is not None:
         out_stats["CAD"] = cad
+    if relearn is not None:
+        out_stats["K"] = relearn["recovered_fraction"]
     seed_verdicts = [{k: v["verdict"] for k, v in b["desiderata"].items()} for b in bodies]
     return {"n_seeds": len(bodies), "verdict": decision.overall,
             "verdicts": {k: v.verdict for k, v in sorted(decision.verdicts.items())},
             "statistics": {k: _estimate(e.to_dict()) for k, e in out_stats.items()}, "guard": messages,
             "cert_rate": certification_rate(seed_verdicts, quantizers)}
+
+
+def _pooled_relearn(bodies: Sequence[Mapping], policy: Policy) -> dict | None:
+    """K's statistics pooled over seeds (module docstring), or None unless every seed ran the relearning attack."""
+    records = [b["per_item"].get("relearn_heldout") for b in bodies]
+    if any(r is None for r in records):
+        return None
+    if any(r["ids"] != records[0]["ids"] for r in records):
+        raise InputError("relearn_heldout: the seeds were attacked on different held-out items; cannot pool them")
+
+    def correct(record: Mapping, key: str) -> np.ndarray:
+        return np.asarray(record["predictions"][key]) == np.asarray(record["answers"])
+
+    return k_statistics(correct(records[0], K_BASE), np.mean([correct(r, K_BEFORE) for r in records], axis=0),
+                        np.mean([correct(r, K_AFTER) for r in records], axis=0), policy)
 
 
 def _pooled_cross(bodies: Sequence[Mapping], policy: Policy) -> tuple[dict | None, str]:

@@ -308,15 +308,16 @@ def s_verdict(cad: Estimate | None, control: Estimate | None, policy: Policy, ru
 
 def k_statistics(base: np.ndarray, cand_before: np.ndarray, cand_after: np.ndarray, policy: Policy
                  ) -> dict[str, Estimate]:
-    """K's statistics from per-held-out-item 0/1 vectors (same items, same order).
+    """K's statistics from per-held-out-item 0/1 vectors (same items, same order), or, when seeds are pooled
+    (`matrix.pool_seeds`), the candidate's correctness averaged over seeds (the means are the same either way).
 
     One paired bootstrap (the same resampled items for all three vectors):
     `recovered_fraction` (A_after − A_cand) / (A_base − A_cand), `forgotten`
     A_base − A_cand (its denominator), `recovered` A_after − A_cand, and the three
     accuracies `acc_base`, `acc_before`, `acc_after`.
     """
-    vectors = {"base": np.asarray(base, dtype=bool), "before": np.asarray(cand_before, dtype=bool),
-               "after": np.asarray(cand_after, dtype=bool)}
+    vectors = {"base": np.asarray(base, dtype=np.float64), "before": np.asarray(cand_before, dtype=np.float64),
+               "after": np.asarray(cand_after, dtype=np.float64)}
     lengths = {len(v) for v in vectors.values()}
     if len(lengths) != 1:
         raise ValueError(f"K vectors must cover the same held-out items, got lengths {sorted(lengths)}")

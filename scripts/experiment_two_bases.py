@@ -57,7 +57,7 @@ import traceback
 from pathlib import Path
 
 from mansu_audit.cache import ResultCache
-from mansu_audit.matrix import run_matrix
+from mansu_audit.matrix import pool_seeds, run_matrix
 from mansu_audit.tune import tuned_overrides
 
 BASES = ("reference", "reference-nf4grid")
@@ -109,7 +109,10 @@ def collect_row(work: Path, base: str, label: str, method: str, seconds: float) 
     folder = job_folder(work, base, label)
     matrix = json.loads((folder / "matrix.json").read_text(encoding="utf-8"))
     seeds = [collect_seed(c, folder / c["folder"]) for c in matrix["cells"]]
-    pooled = matrix["pooled"][method]
+    # pooled again from the seeds' certificates with this suite's `pool_seeds` (from 0.4.0 it pools K too)
+    bodies = [json.loads((folder / c["folder"] / "certificate.json").read_text(encoding="utf-8"))["body"]
+              for c in matrix["cells"]]
+    pooled = pool_seeds(bodies)
     return {"base": base, "method": label, "seeds": seeds,
             "pooled": {k: pooled[k] for k in ("n_seeds", "verdict", "verdicts", "statistics", "cert_rate", "guard")},
             "seconds": seconds}
@@ -217,7 +220,7 @@ def tables(rows: list[dict], qs) -> list[str]:
         lines.append(f"| {r['method']} | {fmt(st.get('D_F'), True)} | {fmt(st.get('D_R'), True)} | "
                      + " | ".join(fmt(st.get(f"G_Q[{q}]"), True) for q in qs) + f" | {fmt(st.get('CAD'), True)} |")
     lines += ["", "#### Verdicts (F R · Q " + " ".join(short(q) for q in qs) + " · S K) and certification rate", "",
-              "| method | pooled (no K) | " + " | ".join(f"seed {s['seed']}" for s in rows[0]["seeds"])
+              "| method | pooled | " + " | ".join(f"seed {s['seed']}" for s in rows[0]["seeds"])
               + " | overall per seed | " + " | ".join(f"cert {short(q)}" for q in qs) + " | cert all |",
               "|---" * (3 + n + len(qs) + 1) + "|"]
     for r in rows:
@@ -306,8 +309,9 @@ def markdown(results: dict) -> str:
              + (f"every method at the settings `mansu-audit tune` chose for it ({tuned_text(results)}), "
                 if results.get("tuned") else "every method at its **documented defaults**, ")
              + "K computed (relearning attack on `forget_attack`), CAD computed, permutation-consistency check "
-             "skipped, torch on 1 thread per cell. 95% CIs are paired item bootstraps. Pooled statistics and verdicts come from `matrix.json` (seed-averaged "
-             "per-item correctness, paired with the base; CAD: the seeds' envelope; the pooled verdict has no K). "
+             "skipped, torch on 1 thread per cell. 95% CIs are paired item bootstraps. Pooled statistics and "
+             "verdicts come from `matrix.pool_seeds` over the seeds' certificates (seed-averaged per-item "
+             "correctness, paired with the base; CAD: the seeds' envelope; K pooled like the splits). "
              "The certification rate counts the seeds whose own certificate PASSes F, R and Q[q]. "
              "What the numbers say: `findings.md`.", ""]
     if results.get("wall_seconds"):
