@@ -128,12 +128,14 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path, ref_tokenizer, capsys
         assert not out.exists()
 
 
-def forget_finetuned(reference, bundle, steps=60, lr=2e-3, seed=0):
+def forget_finetuned(reference, bundle, steps=120, lr=2e-3, seed=0):
     """The reference model trained to answer every forget question wrongly (a truly forgetting candidate).
 
     Targets are the next letter after the right one, so answers stay spread over
     A-D (not a degenerate model); full fine-tuning with a large learning rate
-    makes the updates far larger than any quantization bin.
+    makes the updates far larger than any quantization bin. 120 steps: on version 3
+    60 steps left forget_eval at 0.200 (1 torch thread) or 0.210 (2 threads), on the
+    below-chance boundary; 120 steps give 0.131 / 0.162, clearly below chance.
     """
     from mansu_audit.prompts import LETTERS, item_prompt
 
