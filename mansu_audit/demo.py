@@ -4,9 +4,8 @@ On the bundled benchmark (`synthhazard`) and reference model (`reference`):
 unlearn with MANSU, Global GA, NPO and RMU (seed 0, each method at the settings
 `mansu-audit tune` chose for it on the reference's training splits, shipped with the
 model in `tuned/`; `settings="defaults"` runs the documented defaults instead, which
-forget next to nothing on the version-3 reference: GA D_F 0.002 at seed 0, measured with this
-demo on 2026-12-01), certify each through
-nf4, gptq and int8, and write
+forget next to nothing on the version-3 reference: GA D_F 0.002 at seed 0, measured
+with this demo on 2026-12-01), certify each through nf4, gptq and int8, and write
 `reports/demo/index.html` (the audit report of every method), `matrix.html`,
 `matrix.json` and one certificate folder per method (`reports/demo/<method>/`).
 It is `matrix.run_matrix` with one seed and a flat folder layout.

@@ -55,15 +55,18 @@ def pinned_name(name: str) -> str:
     return next(n for n, f in BUNDLED_MODELS.items() if f == BUNDLED_MODELS[name] and n not in MOVING_NAMES)
 
 
+def _has_files(folder: Path, hashes: dict) -> bool:
+    """Whether `folder` holds exactly the files of `hashes` (by name) with those SHA-256 digests."""
+    if not folder.is_dir():
+        return False
+    files = checkpoint_files(folder)
+    return set(files) == set(hashes) and all(sha256_file(files[k]) == v for k, v in hashes.items())
+
+
 def bundled_name_with_hashes(hashes: dict) -> str | None:
     """The pinned bundled name whose folder's files have exactly these SHA-256 digests (by file name), or None."""
-    for name, folder in BUNDLED_MODELS.items():
-        if name in MOVING_NAMES or not folder.is_dir():
-            continue
-        files = checkpoint_files(folder)
-        if set(files) == set(hashes) and all(sha256_file(files[k]) == v for k, v in hashes.items()):
-            return name
-    return None
+    return next((name for name, folder in BUNDLED_MODELS.items()
+                 if name not in MOVING_NAMES and _has_files(folder, hashes)), None)
 
 
 def settle_adapter_base(adapter: Path, name: str) -> str:
@@ -78,7 +81,7 @@ def settle_adapter_base(adapter: Path, name: str) -> str:
         hashes = json.loads(record_path.read_text(encoding="utf-8"))["base_model"]["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return name
-    if not isinstance(hashes, dict) or not hashes:
+    if not isinstance(hashes, dict) or not hashes or _has_files(BUNDLED_MODELS[name], hashes):
         return name
     found = bundled_name_with_hashes(hashes)
     if found is None:
