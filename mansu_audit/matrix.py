@@ -739,7 +739,7 @@ def format_matrix_table(results: Mapping) -> str:
     """Plain-text summary: one line per cell and pooled result."""
     qs = results["quantizers"]
     head = f"{'candidate':<22}{'overall':<14}{'F':<6}{'R':<6}" + "".join(f"{'Q[' + q + ']':<10}" for q in qs) + \
-        f"{'S':<6}{'D_F':>8}{'D_R':>8}" + "".join(f"{'G_Q[' + q + ']':>11}" for q in qs) + f"{'CAD':>8}"
+        f"{'S':<6}{'K':<6}{'D_F':>8}{'D_R':>8}" + "".join(f"{'G_Q[' + q + ']':>11}" for q in qs) + f"{'CAD':>8}"
     lines = [head]
 
     def short(v):
@@ -754,6 +754,7 @@ def format_matrix_table(results: Mapping) -> str:
         v, s = e["verdicts"], e["statistics"]
         lines.append(f"{label:<22}{e['verdict']:<14}{short(v.get('F')):<6}{short(v.get('R')):<6}"
                      + "".join(f"{short(v.get(f'Q[{q}]')):<10}" for q in qs) + f"{short(v.get('S')):<6}"
+                     + f"{short(v.get('K', 'NOT COMPUTED')):<6}"
                      + f"{pt(s.get('D_F')):>8}{pt(s.get('D_R')):>8}" + "".join(f"{pt(s.get(f'G_Q[{q}]')):>11}" for q in qs)
                      + f"{pt(s.get('CAD')):>8}")
     for m, p in results["pooled"].items():
