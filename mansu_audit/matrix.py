@@ -277,17 +277,15 @@ def pool_seeds(bodies: Sequence[Mapping]) -> dict:
 
 def _pooled_relearn(bodies: Sequence[Mapping], policy: Policy) -> dict | None:
     """K's statistics pooled over seeds (module docstring), or None unless every seed ran the relearning attack."""
-    records = [b["per_item"].get("relearn_heldout") for b in bodies]
+    split = "relearn_heldout"  # per_item records it like the splits: ids, answers, predictions by model key
+    records = [b["per_item"].get(split) for b in bodies]
     if any(r is None for r in records):
         return None
     if any(r["ids"] != records[0]["ids"] for r in records):
         raise InputError("relearn_heldout: the seeds were attacked on different held-out items; cannot pool them")
-
-    def correct(record: Mapping, key: str) -> np.ndarray:
-        return np.asarray(record["predictions"][key]) == np.asarray(record["answers"])
-
-    return k_statistics(correct(records[0], K_BASE), np.mean([correct(r, K_BEFORE) for r in records], axis=0),
-                        np.mean([correct(r, K_AFTER) for r in records], axis=0), policy)
+    return k_statistics(_correct(bodies[0], split, K_BASE),
+                        np.mean([_correct(b, split, K_BEFORE) for b in bodies], axis=0),
+                        np.mean([_correct(b, split, K_AFTER) for b in bodies], axis=0), policy)
 
 
 def _pooled_cross(bodies: Sequence[Mapping], policy: Policy) -> tuple[dict | None, str]:

@@ -57,6 +57,7 @@ import traceback
 from pathlib import Path
 
 from mansu_audit.cache import ResultCache
+from mansu_audit.certificate import read_certificate
 from mansu_audit.matrix import pool_seeds, run_matrix
 from mansu_audit.tune import tuned_overrides
 
@@ -78,10 +79,8 @@ def _estimate(e: dict | None) -> dict | None:
     return None if e is None else {k: e.get(k) for k in ("point", "low", "high", "n", "mde")}
 
 
-def collect_seed(cell: dict, folder: Path) -> dict:
-    """One seed's numbers: the matrix cell, K from its certificate, the unlearning time from details.json."""
-    body = json.loads((folder / "certificate.json").read_text(encoding="utf-8"))
-    body = body.get("body", body)
+def collect_seed(cell: dict, folder: Path, body: dict) -> dict:
+    """One seed's numbers: the matrix cell, K from its certificate `body`, the unlearning time from details.json."""
     k = body["desiderata"].get("K")
     details = json.loads((folder / "details.json").read_text(encoding="utf-8"))
     fstats = body["statistics"]["forget_eval"]
@@ -108,10 +107,9 @@ def collect_row(work: Path, base: str, label: str, method: str, seconds: float) 
     """One (base, label) row from its matrix folder: every seed's numbers and the pooled result."""
     folder = job_folder(work, base, label)
     matrix = json.loads((folder / "matrix.json").read_text(encoding="utf-8"))
-    seeds = [collect_seed(c, folder / c["folder"]) for c in matrix["cells"]]
+    bodies = [read_certificate(folder / c["folder"] / "certificate.json").body for c in matrix["cells"]]
+    seeds = [collect_seed(c, folder / c["folder"], b) for c, b in zip(matrix["cells"], bodies)]
     # pooled again from the seeds' certificates with this suite's `pool_seeds` (from 0.4.0 it pools K too)
-    bodies = [json.loads((folder / c["folder"] / "certificate.json").read_text(encoding="utf-8"))["body"]
-              for c in matrix["cells"]]
     pooled = pool_seeds(bodies)
     return {"base": base, "method": label, "seeds": seeds,
             "pooled": {k: pooled[k] for k in ("n_seeds", "verdict", "verdicts", "statistics", "cert_rate", "guard")},

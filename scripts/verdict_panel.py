@@ -56,13 +56,15 @@ def _accuracy(model, loaded: LoadedModel, bundle: Bundle, split: str) -> float:
 
 def _train(model, params, examples, pad_id: int, *, steps: int, lr: float, batch: int, seed: int, sign: float = 1.0,
            stop=None, check_every: int = 25, log=print):
-    """AdamW on the mean NLL (sign +1) or its negative (sign -1, gradient ascent) of each example's target."""
+    """AdamW on the mean NLL (sign +1) or its negative (sign -1, gradient ascent) of each example's target.
+    Returns `stop`'s last (done, message); (False, "") without a stop or before its first check."""
     from mansu_audit.recovery import _batch_loss
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     queue: list[int] = []
+    done, msg = False, ""
     for step in range(1, steps + 1):
         picked = []
         while len(picked) < min(batch, len(examples)):
@@ -82,7 +84,7 @@ def _train(model, params, examples, pad_id: int, *, steps: int, lr: float, batch
             if done:
                 break
     model.eval()
-    return model
+    return done, msg
 
 
 def build_suppressed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, lr: float = 1e-3, max_steps: int = 600,
@@ -116,9 +118,8 @@ def build_suppressed(reference: LoadedModel, bundle: Bundle, *, seed: int = 0, l
 
     # random letters: forget accuracy wanders on its way down (version 3: 0.38 -> 0.51 -> 0.31 -> 0.20 within 75
     # steps), so it is checked every 5 steps and the window is 0.23-0.30, not merely "at most 0.32"
-    _train(model, list(last.parameters()), examples, pad_token_id(reference.tokenizer), steps=max_steps, lr=lr,
-           batch=64, seed=seed, stop=stop, log=log, check_every=25 if letters == "next" else 5)
-    done, msg = stop()
+    done, msg = _train(model, list(last.parameters()), examples, pad_token_id(reference.tokenizer), steps=max_steps,
+                       lr=lr, batch=64, seed=seed, stop=stop, log=log, check_every=25 if letters == "next" else 5)
     if not done:  # a panel row whose model is not what its name says would test nothing
         raise RuntimeError(f"build_suppressed(letters={letters!r}) missed its target in {max_steps} steps: {msg}")
     for p in model.parameters():
